@@ -1,5 +1,9 @@
 //! The saga orchestrator: owns every saga's state machine, sends each step to its worker over
 //! JetStream, applies the replies, fires the timers, and serves the HTTP API.
 
+pub mod api;
+pub mod app;
 pub mod definition;
+pub mod engine;
 pub mod machine;
+pub mod store;

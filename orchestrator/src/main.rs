@@ -1,1 +1,12 @@
-fn main() {}
+//! The orchestrator binary: loads its configuration from `SAGA_*` variables and runs until
+//! SIGTERM.
+
+use saga_orchestrator::app::{Config, Orchestrator};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    runtime::telemetry::init();
+    let config: Config = runtime::config::load()?;
+    let shutdown = runtime::shutdown::on_signal();
+    Orchestrator::build(config).await?.run(shutdown).await
+}

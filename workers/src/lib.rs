@@ -1,1 +1,2 @@
 //! placeholder
+pub mod telegram_stand_in;

@@ -1,0 +1,303 @@
+//! The orchestrator process: configuration, start-up (schema, streams, consumer), the
+//! background loops (reply consumers, timer sweeper, outbox relay, inbox pruning) and the HTTP
+//! server, all stopped by one shutdown token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use axum::Router;
+use contracts::topology::Stream;
+use contracts::{Reply, Topology};
+use runtime::config::Infrastructure;
+use runtime::http::{Readiness, health_routes};
+use runtime::outbox::Publisher;
+use runtime::{consume, dead_letter};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use utoipa::openapi::OpenApi;
+
+use crate::api::{self, ApiState};
+use crate::definition::{Policies, Registry};
+use crate::engine::{Engine, ReplyOutcome};
+use crate::store::Store;
+
+/// The orchestrator's configuration (`SAGA_*` environment variables).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Database and NATS.
+    #[serde(flatten)]
+    pub infra: Infrastructure,
+    /// Listen address of the HTTP API (`SAGA_ORCHESTRATOR_ADDR`).
+    pub orchestrator_addr: String,
+    /// The database schema the orchestrator owns (`SAGA_ORCHESTRATOR_SCHEMA`).
+    pub orchestrator_schema: String,
+    /// Retry policies and timeouts of the steps (`SAGA_POLICIES__STEP__MAX_ATTEMPTS`, ...).
+    pub policies: Policies,
+    /// Replies applied per transaction at most (`SAGA_REPLY_BATCH`).
+    pub reply_batch: usize,
+    /// Concurrent reply-consuming loops in this process (`SAGA_REPLY_CONSUMERS`).
+    pub reply_consumers: usize,
+    /// How often due timers are looked for, in ms (`SAGA_TIMER_INTERVAL_MS`).
+    pub timer_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            infra: Infrastructure::default(),
+            orchestrator_addr: "127.0.0.1:8090".into(),
+            orchestrator_schema: "orchestrator".into(),
+            policies: Policies::default(),
+            reply_batch: 256,
+            reply_consumers: 2,
+            timer_interval_ms: 100,
+        }
+    }
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A built orchestrator, ready to run.
+pub struct Orchestrator {
+    config: Config,
+    engine: Engine,
+    js: jetstream::Context,
+    topology: Topology,
+    readiness: Readiness,
+    api: ApiState,
+}
+
+impl Orchestrator {
+    /// Connects to PostgreSQL (migrating its schema) and NATS (creating the streams and its
+    /// consumer).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let pool = runtime::db::connect(
+            &config.infra.database_url,
+            &config.orchestrator_schema,
+            config.infra.database_max_connections,
+            &MIGRATOR,
+        )
+        .await
+        .with_context(|| format!("PostgreSQL at {}", config.infra.database_url_redacted()))?;
+        let nats = runtime::jetstream::connect(&config.infra.nats_url, "orchestrator")
+            .await
+            .with_context(|| format!("NATS at {}", config.infra.nats_url))?;
+        let js = jetstream::new(nats.clone());
+        let topology = Topology::new(&config.infra.nats_prefix);
+        runtime::jetstream::ensure_streams(&js, &topology, config.infra.nats_replicas).await?;
+        let registry = Arc::new(Registry::builtin(&config.policies));
+        let publisher = Publisher::new(pool.clone(), js.clone());
+        let engine = Engine::new(
+            Store::new(pool.clone()),
+            registry,
+            topology.clone(),
+            publisher,
+        );
+        let readiness = Readiness::new(pool, js.clone(), topology.stream(Stream::Replies));
+        let api = ApiState {
+            engine: engine.clone(),
+            nats,
+            topology: topology.clone(),
+        };
+        Ok(Self {
+            config,
+            engine,
+            js,
+            topology,
+            readiness,
+            api,
+        })
+    }
+
+    /// The public routes (`/v1/sagas...`) and their OpenAPI description.
+    pub fn api(&self) -> (Router, OpenApi) {
+        api::router(self.api.clone()).split_for_parts()
+    }
+
+    /// `/healthz` and `/readyz`.
+    pub fn health(&self) -> Router {
+        health_routes(self.readiness.clone())
+    }
+
+    /// The readiness switch (turned off when shutdown begins).
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// Starts the background loops on `tasks`; they stop at `shutdown`.
+    pub async fn spawn_background(
+        &self,
+        tasks: &mut JoinSet<()>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let consumer = runtime::jetstream::ensure_consumer(
+            &self.js,
+            &self.topology,
+            Stream::Replies,
+            &self.topology.orchestrator_consumer(),
+            &self.topology.stream_subjects(Stream::Replies),
+        )
+        .await?;
+        for _ in 0..self.config.reply_consumers.max(1) {
+            let engine = self.engine.clone();
+            let js = self.js.clone();
+            let topology = self.topology.clone();
+            let consumer = consumer.clone();
+            let shutdown = shutdown.clone();
+            let batch = self.config.reply_batch.max(1);
+            tasks.spawn(async move {
+                consume::run_batches(consumer, batch, shutdown, |messages| {
+                    handle_replies(&engine, &js, &topology, messages)
+                })
+                .await;
+            });
+        }
+        let engine = self.engine.clone();
+        let interval = Duration::from_millis(self.config.timer_interval_ms.max(10));
+        let stop = shutdown.clone();
+        tasks.spawn(async move { run_timers(engine, interval, stop).await });
+        let publisher = self.engine.publisher().clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            publisher
+                .run_relay(stop, Duration::from_millis(500), Duration::from_secs(2))
+                .await;
+        });
+        let store = self.engine.store().clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                if let Err(error) = store.prune_inbox(Duration::from_secs(7 * 86_400)).await {
+                    tracing::warn!(%error, "inbox pruning failed");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Serves the API on the configured address and runs the background loops until
+    /// `shutdown`; then turns not-ready, drains HTTP, lets loops finish their batch.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(&self.config.orchestrator_addr)
+            .await
+            .with_context(|| format!("binding {}", self.config.orchestrator_addr))?;
+        tracing::info!(addr = %listener.local_addr()?, "orchestrator listening");
+        let (api, openapi) = self.api();
+        let router = api
+            .merge(self.health())
+            .merge(runtime::http::openapi_route(openapi))
+            .fallback(runtime::problem::route_not_found);
+        let mut tasks = JoinSet::new();
+        self.spawn_background(&mut tasks, &shutdown).await?;
+        let readiness = self.readiness();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            readiness.stop_accepting();
+        });
+        runtime::http::serve(listener, router, shutdown).await?;
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+async fn handle_replies(
+    engine: &Engine,
+    js: &jetstream::Context,
+    topology: &Topology,
+    messages: Vec<jetstream::Message>,
+) {
+    let mut replies = Vec::with_capacity(messages.len());
+    let mut decoded = Vec::with_capacity(messages.len());
+    for message in messages {
+        match runtime::jetstream::decode::<Reply>(&message) {
+            Ok(reply) => {
+                replies.push(reply);
+                decoded.push(message);
+            }
+            Err(error) => park(js, topology, &message, &error.to_string()).await,
+        }
+    }
+    if replies.is_empty() {
+        return;
+    }
+    match engine.apply_replies(&replies).await {
+        Ok(outcomes) => {
+            for ((message, reply), outcome) in decoded.iter().zip(&replies).zip(outcomes) {
+                match outcome {
+                    ReplyOutcome::Unknown(reason) => park(js, topology, message, &reason).await,
+                    ReplyOutcome::Applied | ReplyOutcome::Ignored => {
+                        if let Err(error) = message.ack().await {
+                            tracing::warn!(%error, saga_id = %reply.saga_id, "ack failed; the reply comes again and is deduplicated");
+                        }
+                    }
+                }
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, replies = replies.len(), "reply batch failed; redelivering");
+            for message in &decoded {
+                retry_later(js, topology, message, &error.to_string()).await;
+            }
+        }
+    }
+}
+
+async fn retry_later(
+    js: &jetstream::Context,
+    topology: &Topology,
+    message: &jetstream::Message,
+    reason: &str,
+) {
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    if delivered >= runtime::jetstream::MAX_DELIVER {
+        park(
+            js,
+            topology,
+            message,
+            &format!("gave up after {delivered} deliveries: {reason}"),
+        )
+        .await;
+        return;
+    }
+    let delay = consume::nak_delay(delivered);
+    if let Err(error) = message.ack_with(jetstream::AckKind::Nak(Some(delay))).await {
+        tracing::warn!(%error, "nak failed; the message comes back after ack_wait");
+    }
+}
+
+async fn park(
+    js: &jetstream::Context,
+    topology: &Topology,
+    message: &jetstream::Message,
+    reason: &str,
+) {
+    if let Err(error) = dead_letter::park(js, topology, message, reason).await {
+        tracing::error!(%error, "dead-lettering failed; the message comes back");
+    }
+}
+
+async fn run_timers(engine: Engine, interval: Duration, shutdown: CancellationToken) {
+    const LIMIT: i64 = 500;
+    loop {
+        let pause = match engine.fire_timers(LIMIT).await {
+            Ok(n) if n as i64 >= LIMIT => Duration::ZERO,
+            Ok(_) => interval,
+            Err(error) => {
+                tracing::warn!(%error, "timer sweep failed");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The engine: applies replies and fired timers to sagas through the state machine and turns
+//! the resulting effects into store changes (outbox rows, timers). One transaction carries a
+//! whole batch; a version conflict or deadlock retries the batch with fresh state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::Utc;
+use contracts::event::SagaFinishedV1;
+use contracts::{DomainEvent, Envelope, MessageId, Reply, SagaId, Topology};
+use runtime::jetstream::{Outgoing, encode};
+use runtime::outbox::{OutboxMessage, Publisher};
+use serde_json::Value;
+
+use crate::definition::{Registry, SagaDefinition};
+use crate::machine::{Effect, Input, Saga, transition};
+use crate::store::{self, Change, Store, StoreError, Stored, TimerChange};
+
+/// How often a batch is retried after a version conflict or deadlock.
+const TRANSIENT_RETRIES: usize = 8;
+
+/// What happened to one reply of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyOutcome {
+    /// Applied: the saga moved.
+    Applied,
+    /// Already seen (inbox) or not current for its saga (stale): nothing changed.
+    Ignored,
+    /// No saga with that id, or no definition for it: the message is a dead letter.
+    Unknown(String),
+}
+
+/// Applies inputs to sagas and writes the results.
+#[derive(Clone)]
+pub struct Engine {
+    store: Store,
+    registry: Arc<Registry>,
+    topology: Topology,
+    publisher: Publisher,
+}
+
+impl Engine {
+    /// An engine over a store, the definitions, the topology and the outbox publisher.
+    pub fn new(
+        store: Store,
+        registry: Arc<Registry>,
+        topology: Topology,
+        publisher: Publisher,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            topology,
+            publisher,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The definitions.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The outbox publisher.
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    fn definition(&self, saga: &Saga) -> Option<&SagaDefinition> {
+        self.registry.get(&saga.saga_type, saga.definition_version)
+    }
+
+    /// Turns a transition's effects into a store change.
+    pub fn change(
+        &self,
+        before: Option<Stored>,
+        after: Saga,
+        effects: Vec<Effect>,
+        trace: &BTreeMap<String, String>,
+    ) -> Result<Change, serde_json::Error> {
+        let mut timer = TimerChange::Keep;
+        let mut outbox = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Send(command) => {
+                    let envelope = Envelope {
+                        message_id: command.message_id,
+                        correlation_id: None,
+                        saga_id: after.id,
+                        saga_type: after.saga_type.clone(),
+                        step: command.action.name().to_owned(),
+                        step_index: command.step_index,
+                        phase: command.phase,
+                        attempt: command.attempt,
+                        headers: trace.clone(),
+                        body: command.body,
+                    };
+                    let subject = self.topology.command_subject(command.action);
+                    outbox.push(OutboxMessage::new(encode(subject, &envelope)?));
+                }
+                Effect::SetTimer { timer: t, after } => timer = TimerChange::Set(t, after),
+                Effect::ClearTimer => timer = TimerChange::Clear,
+                Effect::Finished(state) => {
+                    let event = DomainEvent::SagaFinished(SagaFinishedV1 {
+                        saga_id: after.id,
+                        saga_type: after.saga_type.clone(),
+                        state: state.as_str().to_owned(),
+                    });
+                    outbox.push(OutboxMessage::new(self.event(&event, trace)?));
+                }
+            }
+        }
+        Ok(Change {
+            before,
+            after,
+            timer,
+            outbox,
+        })
+    }
+
+    fn event(
+        &self,
+        event: &DomainEvent,
+        trace: &BTreeMap<String, String>,
+    ) -> Result<Outgoing, serde_json::Error> {
+        let (context, name) = event.subject_tokens();
+        Ok(Outgoing {
+            subject: self.topology.event_subject(context, name),
+            headers: trace.clone(),
+            payload: serde_json::to_vec(event)?,
+        })
+    }
+
+    /// Applies a batch of replies in one transaction (retried on conflicts), then publishes
+    /// the outbox rows it wrote. Returns one outcome per reply, in order.
+    pub async fn apply_replies(
+        &self,
+        replies: &[Envelope<Reply>],
+    ) -> Result<Vec<ReplyOutcome>, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_apply_replies(replies).await {
+                Ok((outcomes, outbox)) => {
+                    if let Err(error) = self.publisher.publish(&outbox).await {
+                        tracing::warn!(%error, "publishing after commit failed; the relay will retry");
+                    }
+                    return Ok(outcomes);
+                }
+                Err(error) if error.is_transient() && attempt < TRANSIENT_RETRIES => {
+                    tracing::debug!(%error, attempt, "reply batch conflicted; retrying");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn try_apply_replies(
+        &self,
+        replies: &[Envelope<Reply>],
+    ) -> Result<(Vec<ReplyOutcome>, Vec<OutboxMessage>), StoreError> {
+        let mut tx = self.store.begin().await?;
+        let ids: Vec<MessageId> = replies.iter().map(|r| r.message_id).collect();
+        let fresh = Store::admit(&mut tx, &ids).await?;
+        let saga_ids: Vec<SagaId> = replies
+            .iter()
+            .filter(|r| fresh.contains(&r.message_id))
+            .map(|r| r.saga_id)
+            .collect();
+        let loaded = store::load_many(&mut tx, &saga_ids).await?;
+        let mut current: HashMap<SagaId, (Saga, Vec<Effect>, BTreeMap<String, String>)> =
+            HashMap::new();
+        let mut outcomes = Vec::with_capacity(replies.len());
+        let now = Utc::now();
+        for reply in replies {
+            if !fresh.contains(&reply.message_id) {
+                outcomes.push(ReplyOutcome::Ignored);
+                continue;
+            }
+            let Some(stored) = loaded.get(&reply.saga_id) else {
+                outcomes.push(ReplyOutcome::Unknown(format!("no saga {}", reply.saga_id)));
+                continue;
+            };
+            let entry = current
+                .entry(reply.saga_id)
+                .or_insert_with(|| (stored.saga.clone(), Vec::new(), reply.headers.clone()));
+            let Some(definition) = self.definition(&entry.0) else {
+                outcomes.push(ReplyOutcome::Unknown(format!(
+                    "no definition {} v{}",
+                    entry.0.saga_type, entry.0.definition_version
+                )));
+                continue;
+            };
+            let input = Input::Reply {
+                step_index: reply.step_index,
+                phase: reply.phase,
+                attempt: reply.attempt,
+                reply: reply.body.clone(),
+            };
+            match transition(definition, &entry.0, &input, now) {
+                Ok(next) => {
+                    entry.0 = next.saga;
+                    entry.1.extend(next.effects);
+                    entry.2 = reply.headers.clone();
+                    outcomes.push(ReplyOutcome::Applied);
+                }
+                Err(ignored) => {
+                    tracing::debug!(saga_id = %reply.saga_id, step = %reply.step, %ignored, "reply ignored");
+                    outcomes.push(ReplyOutcome::Ignored);
+                }
+            }
+        }
+        let mut changes = Vec::with_capacity(current.len());
+        for (id, (saga, effects, trace)) in current {
+            let before = loaded.get(&id).cloned();
+            if before.as_ref().is_some_and(|b| b.saga == saga) {
+                continue;
+            }
+            changes.push(
+                self.change(before, saga, effects, &trace)
+                    .map_err(|e| StoreError::Corrupt(id.0, e.to_string()))?,
+            );
+        }
+        store::apply(&mut tx, &changes).await?;
+        tx.commit().await?;
+        let outbox = changes.into_iter().flat_map(|c| c.outbox).collect();
+        Ok((outcomes, outbox))
+    }
+
+    /// Fires up to `limit` due timers in one transaction and publishes what they sent. Returns
+    /// how many timers fired.
+    pub async fn fire_timers(&self, limit: i64) -> Result<usize, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_fire_timers(limit).await {
+                Ok((fired, outbox)) => {
+                    if let Err(error) = self.publisher.publish(&outbox).await {
+                        tracing::warn!(%error, "publishing after commit failed; the relay will retry");
+                    }
+                    return Ok(fired);
+                }
+                Err(error) if error.is_transient() && attempt < TRANSIENT_RETRIES => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn try_fire_timers(&self, limit: i64) -> Result<(usize, Vec<OutboxMessage>), StoreError> {
+        let mut tx = self.store.begin().await?;
+        let due = Store::due_timers(&mut tx, limit).await?;
+        if due.is_empty() {
+            tx.commit().await?;
+            return Ok((0, Vec::new()));
+        }
+        let ids: Vec<SagaId> = due.iter().map(|(id, _)| *id).collect();
+        let loaded = store::load_many(&mut tx, &ids).await?;
+        Store::delete_timers(&mut tx, &ids).await?;
+        let now = Utc::now();
+        let mut changes = Vec::new();
+        for (id, timer) in &due {
+            let Some(stored) = loaded.get(id) else {
+                continue;
+            };
+            let Some(definition) = self.definition(&stored.saga) else {
+                tracing::error!(saga_id = %id, "timer of a saga without definition dropped");
+                continue;
+            };
+            match transition(definition, &stored.saga, &Input::TimerFired(*timer), now) {
+                Ok(next) => {
+                    tracing::debug!(saga_id = %id, ?timer, "timer fired");
+                    let change = self
+                        .change(
+                            Some(stored.clone()),
+                            next.saga,
+                            next.effects,
+                            &BTreeMap::new(),
+                        )
+                        .map_err(|e| StoreError::Corrupt(id.0, e.to_string()))?;
+                    changes.push(change);
+                }
+                Err(ignored) => tracing::debug!(saga_id = %id, %ignored, "stale timer dropped"),
+            }
+        }
+        store::apply(&mut tx, &changes).await?;
+        tx.commit().await?;
+        let outbox = changes.into_iter().flat_map(|c| c.outbox).collect();
+        Ok((due.len(), outbox))
+    }
+
+    /// Creates and starts a saga; with an idempotency key already used, returns the saga it
+    /// created instead (`Err`). Publishes the first command after commit.
+    pub async fn start(
+        &self,
+        definition: &SagaDefinition,
+        input: serde_json::Map<String, Value>,
+        idempotency: Option<(&str, &[u8])>,
+        trace: &BTreeMap<String, String>,
+    ) -> Result<Result<Saga, store::KeyedSaga>, StoreError> {
+        let now = Utc::now();
+        let saga = Saga::new(definition, SagaId::new(), input, now);
+        let started = transition(definition, &saga, &Input::Start, now)
+            .map_err(|e| StoreError::Corrupt(saga.id.0, e.to_string()))?;
+        let change = self
+            .change(None, started.saga.clone(), started.effects, trace)
+            .map_err(|e| StoreError::Corrupt(saga.id.0, e.to_string()))?;
+        let outbox = change.outbox.clone();
+        match self.store.create(change, idempotency).await? {
+            Ok(()) => {
+                if let Err(error) = self.publisher.publish(&outbox).await {
+                    tracing::warn!(%error, "publishing the first command failed; the relay will retry");
+                }
+                Ok(Ok(started.saga))
+            }
+            Err(existing) => Ok(Err(existing)),
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Configuration: built-in defaults, then environment variables with the `SAGA_` prefix
+//! (nested fields separated by `__`, e.g. `SAGA_POLICIES__TELEGRAM__MAX_ATTEMPTS`), so that a
+//! Kubernetes ConfigMap and Secret map onto it directly.
+
+use figment::Figment;
+use figment::providers::{Env, Serialized};
+use serde::{Deserialize, Serialize};
+
+/// The environment prefix of every setting.
+pub const ENV_PREFIX: &str = "SAGA_";
+
+/// Loads `T` from its defaults overridden by `SAGA_*` environment variables.
+pub fn load<T>() -> Result<T, Box<figment::Error>>
+where
+    T: Default + Serialize + for<'de> Deserialize<'de>,
+{
+    Figment::from(Serialized::defaults(T::default()))
+        .merge(Env::prefixed(ENV_PREFIX).split("__"))
+        .extract()
+        .map_err(Box::new)
+}
+
+/// Where the shared infrastructure is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Infrastructure {
+    /// PostgreSQL URL (`SAGA_DATABASE_URL`).
+    pub database_url: String,
+    /// Connections in each service's pool (`SAGA_DATABASE_MAX_CONNECTIONS`).
+    pub database_max_connections: u32,
+    /// NATS URL (`SAGA_NATS_URL`).
+    pub nats_url: String,
+    /// Prefix of every stream and subject (`SAGA_NATS_PREFIX`), empty in production.
+    pub nats_prefix: String,
+    /// Replicas of every stream (`SAGA_NATS_REPLICAS`): 1 locally, 3 on a cluster.
+    pub nats_replicas: usize,
+}
+
+impl Default for Infrastructure {
+    fn default() -> Self {
+        Self {
+            database_url: "postgres://postgres@127.0.0.1:5432/saga".into(),
+            database_max_connections: 16,
+            nats_url: "nats://127.0.0.1:4222".into(),
+            nats_prefix: String::new(),
+            nats_replicas: 1,
+        }
+    }
+}
+
+impl Infrastructure {
+    /// The database URL with any password masked, for logs.
+    pub fn database_url_redacted(&self) -> String {
+        redact_url(&self.database_url)
+    }
+}
+
+/// Masks the password of a URL (`postgres://user:secret@host` → `postgres://user:***@host`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
+}

@@ -1,0 +1,200 @@
+//! JetStream: connecting, creating the platform's streams and durable consumers idempotently at
+//! start-up (within what nats-server 2.9.10 supports: one filter subject per consumer), and the
+//! codec between an [`Envelope`] and a NATS message (JSON body, trace context in headers).
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use contracts::topology::Stream;
+use contracts::{Envelope, Topology};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Header carrying JetStream's de-duplication id.
+pub const MSG_ID: &str = "Nats-Msg-Id";
+
+/// Connects to NATS with a client name (shown by the server's monitoring).
+pub async fn connect(
+    url: &str,
+    name: &str,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+}
+
+/// Errors while setting up streams or consumers.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A stream could not be created or read.
+    #[error("stream {0}: {1}")]
+    Stream(String, String),
+    /// A consumer could not be created or read.
+    #[error("consumer {0}: {1}")]
+    Consumer(String, String),
+}
+
+fn stream_config(topology: &Topology, which: Stream, replicas: usize) -> stream::Config {
+    let (retention, max_age) = match which {
+        Stream::Commands | Stream::Replies => (stream::RetentionPolicy::WorkQueue, Duration::ZERO),
+        Stream::Events => (
+            stream::RetentionPolicy::Limits,
+            Duration::from_secs(30 * 86_400),
+        ),
+        Stream::DeadLetters => (
+            stream::RetentionPolicy::Limits,
+            Duration::from_secs(90 * 86_400),
+        ),
+    };
+    stream::Config {
+        name: topology.stream(which),
+        subjects: vec![topology.stream_subjects(which)],
+        retention,
+        max_age,
+        storage: stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+/// Creates the four streams when missing (an existing stream is left as it is).
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    topology: &Topology,
+    replicas: usize,
+) -> Result<(), SetupError> {
+    for which in Stream::ALL {
+        let config = stream_config(topology, which, replicas);
+        let name = config.name.clone();
+        js.get_or_create_stream(config)
+            .await
+            .map_err(|e| SetupError::Stream(name, e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Creates (or opens) a durable pull consumer with one filter subject.
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    topology: &Topology,
+    which: Stream,
+    durable: &str,
+    filter_subject: &str,
+) -> Result<consumer::Consumer<consumer::pull::Config>, SetupError> {
+    let stream_name = topology.stream(which);
+    let stream = js
+        .get_stream(&stream_name)
+        .await
+        .map_err(|e| SetupError::Stream(stream_name.clone(), e.to_string()))?;
+    stream
+        .get_or_create_consumer(
+            durable,
+            consumer::pull::Config {
+                durable_name: Some(durable.to_owned()),
+                filter_subject: filter_subject.to_owned(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_deliver: MAX_DELIVER,
+                max_ack_pending: 20_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| SetupError::Consumer(durable.to_owned(), e.to_string()))
+}
+
+/// Deliveries of one message before it is dead-lettered.
+pub const MAX_DELIVER: i64 = 20;
+
+/// A message ready to publish: subject, headers, body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Where it goes.
+    pub subject: String,
+    /// Headers (trace context and the like; `Nats-Msg-Id` is added at publish time).
+    pub headers: BTreeMap<String, String>,
+    /// The JSON body.
+    pub payload: Vec<u8>,
+}
+
+/// Encodes an envelope for `subject`.
+pub fn encode<B: Serialize>(
+    subject: String,
+    envelope: &Envelope<B>,
+) -> Result<Outgoing, serde_json::Error> {
+    let mut headers = envelope.headers.clone();
+    headers.insert("Saga-Id".into(), envelope.saga_id.to_string());
+    headers.insert("Saga-Step".into(), envelope.step.clone());
+    Ok(Outgoing {
+        subject,
+        headers,
+        payload: serde_json::to_vec(envelope)?,
+    })
+}
+
+/// Why a message could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable message: {0}")]
+pub struct DecodeError(#[from] serde_json::Error);
+
+/// Decodes an envelope from a NATS message, trace headers included.
+pub fn decode<B: DeserializeOwned>(
+    message: &async_nats::Message,
+) -> Result<Envelope<B>, DecodeError> {
+    let mut envelope: Envelope<B> = serde_json::from_slice(&message.payload)?;
+    if let Some(headers) = &message.headers {
+        for name in ["traceparent", "tracestate"] {
+            if let Some(value) = headers.get(name) {
+                envelope
+                    .headers
+                    .insert(name.into(), value.as_str().to_owned());
+            }
+        }
+    }
+    Ok(envelope)
+}
+
+/// Builds NATS headers from a map, skipping names NATS would refuse, plus the dedup id.
+pub fn header_map(headers: &BTreeMap<String, String>, msg_id: Option<&str>) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        if let Ok(name) = HeaderName::from_str(name) {
+            map.insert(name, HeaderValue::from(value.as_str()));
+        }
+    }
+    if let Some(id) = msg_id {
+        map.insert(MSG_ID, id);
+    }
+    map
+}
+
+/// Publishes one message and waits for JetStream's ack.
+pub async fn publish(
+    js: &jetstream::Context,
+    outgoing: &Outgoing,
+    msg_id: Option<&str>,
+) -> Result<(), PublishError> {
+    let ack = js
+        .publish_with_headers(
+            outgoing.subject.clone(),
+            header_map(&outgoing.headers, msg_id),
+            Bytes::from(outgoing.payload.clone()),
+        )
+        .await
+        .map_err(|e| PublishError(e.to_string()))?;
+    ack.await.map_err(|e| PublishError(e.to_string()))?;
+    Ok(())
+}
+
+/// A publish JetStream did not acknowledge.
+#[derive(Debug, thiserror::Error)]
+#[error("publish failed: {0}")]
+pub struct PublishError(pub String);

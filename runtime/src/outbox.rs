@@ -1,0 +1,220 @@
+//! The transactional outbox of a service: messages are written in the same PostgreSQL
+//! transaction as the state change that caused them, published after commit with
+//! `Nats-Msg-Id` = outbox id (so JetStream drops a second publish of the same row), and deleted
+//! only once JetStream acknowledged them. The relay re-publishes what a crash left behind;
+//! replicas share the work with `FOR UPDATE SKIP LOCKED`.
+//!
+//! Every service's migrations create the same `outbox` table in its own schema.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures::future::join_all;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::jetstream::{Outgoing, header_map};
+
+/// One row of the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// The row's id, used as `Nats-Msg-Id`.
+    pub id: Uuid,
+    /// The message.
+    pub outgoing: Outgoing,
+}
+
+impl OutboxMessage {
+    /// A new row for `outgoing` with a fresh time-ordered id.
+    pub fn new(outgoing: Outgoing) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            outgoing,
+        }
+    }
+}
+
+/// Errors of the outbox.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// PostgreSQL failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// JetStream did not acknowledge a publish.
+    #[error("publish failed: {0}")]
+    Publish(String),
+}
+
+/// Writes rows inside the caller's transaction.
+pub async fn insert(
+    conn: &mut PgConnection,
+    messages: &[OutboxMessage],
+) -> Result<(), sqlx::Error> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
+    let subjects: Vec<&str> = messages
+        .iter()
+        .map(|m| m.outgoing.subject.as_str())
+        .collect();
+    let headers: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|m| serde_json::to_value(&m.outgoing.headers).unwrap_or_default())
+        .collect();
+    let payloads: Vec<&[u8]> = messages
+        .iter()
+        .map(|m| m.outgoing.payload.as_slice())
+        .collect();
+    sqlx::query(
+        "INSERT INTO outbox (id, subject, headers, payload) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::bytea[])",
+    )
+    .bind(&ids)
+    .bind(&subjects)
+    .bind(&headers)
+    .bind(&payloads)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Publishes rows and deletes the ones JetStream acknowledged.
+#[derive(Clone)]
+pub struct Publisher {
+    pool: PgPool,
+    js: jetstream::Context,
+}
+
+impl Publisher {
+    /// A publisher over a service's pool and JetStream context.
+    pub fn new(pool: PgPool, js: jetstream::Context) -> Self {
+        Self { pool, js }
+    }
+
+    /// Publishes `messages` concurrently, then deletes the acknowledged rows. Rows whose
+    /// publish failed stay for the relay.
+    pub async fn publish(&self, messages: &[OutboxMessage]) -> Result<(), OutboxError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let acked = publish_all(&self.js, messages).await;
+        let mut done = Vec::with_capacity(messages.len());
+        let mut failure = None;
+        for (message, result) in messages.iter().zip(acked) {
+            match result {
+                Ok(()) => done.push(message.id),
+                Err(error) => failure = Some(error),
+            }
+        }
+        if !done.is_empty() {
+            sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+                .bind(&done)
+                .execute(&self.pool)
+                .await?;
+        }
+        match failure {
+            Some(error) => Err(OutboxError::Publish(error)),
+            None => Ok(()),
+        }
+    }
+
+    /// Re-publishes rows older than `min_age` until `shutdown`, every `interval`. Returns the
+    /// number of rows it published in its last pass (for tests and logs).
+    pub async fn run_relay(
+        &self,
+        shutdown: CancellationToken,
+        interval: Duration,
+        min_age: Duration,
+    ) {
+        loop {
+            match self.relay_once(min_age, 500).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(published = n, "outbox relay re-published rows"),
+                Err(error) => tracing::warn!(%error, "outbox relay pass failed"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    /// One relay pass: locks up to `limit` rows older than `min_age` (skipping rows another
+    /// replica holds), publishes them, deletes the acknowledged ones.
+    pub async fn relay_once(&self, min_age: Duration, limit: i64) -> Result<usize, OutboxError> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(Uuid, String, serde_json::Value, Vec<u8>)> = sqlx::query_as(
+            "SELECT id, subject, headers, payload FROM outbox \
+             WHERE created_at < now() - make_interval(secs => $1) \
+             ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(min_age.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let messages: Vec<OutboxMessage> = rows
+            .into_iter()
+            .map(|(id, subject, headers, payload)| OutboxMessage {
+                id,
+                outgoing: Outgoing {
+                    subject,
+                    headers: serde_json::from_value::<BTreeMap<String, String>>(headers)
+                        .unwrap_or_default(),
+                    payload,
+                },
+            })
+            .collect();
+        let acked = publish_all(&self.js, &messages).await;
+        let done: Vec<Uuid> = messages
+            .iter()
+            .zip(&acked)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(m, _)| m.id)
+            .collect();
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(&done)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.len())
+    }
+
+    /// Rows waiting to be published (the outbox backlog).
+    pub async fn backlog(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+    }
+}
+
+async fn publish_all(
+    js: &jetstream::Context,
+    messages: &[OutboxMessage],
+) -> Vec<Result<(), String>> {
+    let mut pending = Vec::with_capacity(messages.len());
+    for message in messages {
+        let id = message.id.to_string();
+        let sent = js
+            .publish_with_headers(
+                message.outgoing.subject.clone(),
+                header_map(&message.outgoing.headers, Some(&id)),
+                Bytes::from(message.outgoing.payload.clone()),
+            )
+            .await;
+        pending.push(sent);
+    }
+    join_all(pending.into_iter().map(|sent| async move {
+        match sent {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }))
+    .await
+}
