@@ -303,16 +303,17 @@ async fn start_saga(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let hash = request_hash(&body);
-    if let Some(key) = &key {
-        if let Some(existing) = state
+    let existing = match &key {
+        Some(key) => state
             .engine
             .store()
             .find_key(key)
             .await
-            .map_err(|e| ApiError::internal(&e))?
-        {
-            return state.replay(existing, &hash).await;
-        }
+            .map_err(|e| ApiError::internal(&e))?,
+        None => None,
+    };
+    if let Some(existing) = existing {
+        return state.replay(existing, &hash).await;
     }
     let definition = state
         .engine

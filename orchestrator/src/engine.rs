@@ -19,6 +19,10 @@ use crate::store::{self, Change, Store, StoreError, Stored, TimerChange};
 /// How often a batch is retried after a version conflict or deadlock.
 const TRANSIENT_RETRIES: usize = 8;
 
+/// A saga being moved by a batch: its state so far, the effects so far, the trace context of
+/// the last reply applied.
+type Pending = (Saga, Vec<Effect>, BTreeMap<String, String>);
+
 /// What happened to one reply of a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReplyOutcome {
@@ -172,8 +176,7 @@ impl Engine {
             .map(|r| r.saga_id)
             .collect();
         let loaded = store::load_many(&mut tx, &saga_ids).await?;
-        let mut current: HashMap<SagaId, (Saga, Vec<Effect>, BTreeMap<String, String>)> =
-            HashMap::new();
+        let mut current: HashMap<SagaId, Pending> = HashMap::new();
         let mut outcomes = Vec::with_capacity(replies.len());
         let now = Utc::now();
         for reply in replies {

@@ -365,7 +365,11 @@ pub fn transition(
             if !untouched {
                 return Err(Ignored::AlreadyStarted);
             }
-            next.start_step(0);
+            if saga.steps.is_empty() {
+                next.finish(SagaState::Completed);
+            } else {
+                next.start_step(0);
+            }
         }
         Input::Reply {
             step_index,
@@ -421,10 +425,10 @@ struct Machine<'a> {
 impl Machine<'_> {
     fn command(&self, action: Action, step_index: u16, phase: Phase, attempt: u32) -> CommandSpec {
         let mut body = Map::new();
-        body.insert("type".into(), Value::String(action.command_type().into()));
         for (k, v) in self.saga.input.iter().chain(self.saga.context.iter()) {
             body.insert(k.clone(), v.clone());
         }
+        body.insert("type".into(), Value::String(action.command_type().into()));
         CommandSpec {
             action,
             step_index,

@@ -1,1 +1,186 @@
-//! placeholder
+//! The whole platform in one process, for a newcomer's first run and for the end-to-end tests:
+//! the orchestrator and the mission, reward and telegram workers, behind one gateway address
+//! that routes every public path as the Istio gateway does in a cluster; plus the Telegram Bot
+//! API stand-in when no bot token is configured.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use contracts::Worker;
+use orchestrator::app::{Config as OrchestratorConfig, Orchestrator};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use workers::mission::{self, MissionWorker};
+use workers::reward::{self, RewardWorker};
+use workers::runtime::{WorkerContext, WorkerSettings};
+use workers::telegram::{self, TelegramSettings, TelegramWorker};
+use workers::telegram_stand_in::{self, StandIn};
+
+/// Settings of the one-process platform (`SAGA_*`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformSettings {
+    /// Where every public route answers (`SAGA_GATEWAY_ADDR`).
+    pub gateway_addr: String,
+    /// Where the Telegram stand-in listens when no bot token is set (`SAGA_STAND_IN_ADDR`).
+    pub stand_in_addr: String,
+}
+
+impl Default for PlatformSettings {
+    fn default() -> Self {
+        Self {
+            gateway_addr: "127.0.0.1:8080".into(),
+            stand_in_addr: "127.0.0.1:8081".into(),
+        }
+    }
+}
+
+/// Everything the platform reads from its environment.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Gateway and stand-in addresses.
+    pub platform: PlatformSettings,
+    /// The orchestrator's configuration (database, NATS, policies).
+    pub orchestrator: OrchestratorConfig,
+    /// The workers' consumer settings.
+    pub workers: WorkerSettings,
+    /// Telegram settings.
+    pub telegram: TelegramSettings,
+}
+
+impl Settings {
+    /// Loads every part from defaults and `SAGA_*` variables.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            platform: runtime::config::load()?,
+            orchestrator: runtime::config::load()?,
+            workers: runtime::config::load()?,
+            telegram: runtime::config::load()?,
+        })
+    }
+}
+
+/// A running platform.
+pub struct Platform {
+    /// The gateway's address.
+    pub gateway: SocketAddr,
+    /// The stand-in, when the platform runs one.
+    pub stand_in: Option<(SocketAddr, StandIn)>,
+    tasks: JoinSet<anyhow::Result<()>>,
+    shutdown: CancellationToken,
+}
+
+impl Platform {
+    /// Starts everything; returns once the gateway listens.
+    pub async fn start(
+        mut settings: Settings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let mut tasks = JoinSet::new();
+        let stand_in = if settings
+            .telegram
+            .telegram_bot_token
+            .as_deref()
+            .is_none_or(|t| t.trim().is_empty())
+        {
+            let state = StandIn::default();
+            let (addr, _task) = telegram_stand_in::spawn_with_state(
+                &settings.platform.stand_in_addr,
+                state.clone(),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the Telegram stand-in on {}",
+                    settings.platform.stand_in_addr
+                )
+            })?;
+            settings.telegram.telegram_api_base = format!("http://{addr}");
+            tracing::warn!(%addr, "no SAGA_TELEGRAM_BOT_TOKEN: messages go to the Telegram Bot API stand-in");
+            Some((addr, state))
+        } else {
+            None
+        };
+        let orchestrator = Orchestrator::build(settings.orchestrator.clone()).await?;
+        let mission_ctx =
+            WorkerContext::connect(&settings.workers, Worker::Mission, &mission::MIGRATOR).await?;
+        let reward_ctx =
+            WorkerContext::connect(&settings.workers, Worker::Reward, &reward::MIGRATOR).await?;
+        let telegram_ctx =
+            WorkerContext::connect(&settings.workers, Worker::Telegram, &telegram::MIGRATOR)
+                .await?;
+        let mission = MissionWorker::new(mission_ctx.pool.clone());
+        let reward = RewardWorker::new(reward_ctx.pool.clone());
+        let telegram = TelegramWorker::new(telegram_ctx.pool.clone(), &settings.telegram)?;
+
+        let (orchestrator_api, mut openapi) = orchestrator.api();
+        let mut router = orchestrator_api.merge(orchestrator.health());
+        for (routes, doc) in [mission.api(), reward.api(), telegram.api()] {
+            router = router.merge(routes);
+            openapi.merge(doc);
+        }
+        openapi.info.title = "Reward saga platform".into();
+        let router = router
+            .merge(runtime::http::openapi_route(openapi))
+            .fallback(runtime::problem::route_not_found);
+
+        let mut background = JoinSet::new();
+        orchestrator
+            .spawn_background(&mut background, &shutdown)
+            .await?;
+        tasks.spawn(async move {
+            while background.join_next().await.is_some() {}
+            Ok(())
+        });
+        tasks.spawn(mission.run(mission_ctx.clone(), shutdown.clone()));
+        tasks.spawn(reward.run(reward_ctx.clone(), shutdown.clone()));
+        tasks.spawn(telegram.run(telegram_ctx.clone(), shutdown.clone()));
+
+        let listener = tokio::net::TcpListener::bind(&settings.platform.gateway_addr)
+            .await
+            .with_context(|| {
+                format!("binding the gateway on {}", settings.platform.gateway_addr)
+            })?;
+        let gateway = listener.local_addr()?;
+        let readiness = orchestrator.readiness();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            runtime::http::serve(listener, router, stop).await?;
+            Ok(())
+        });
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            readiness.stop_accepting();
+            for ctx in [mission_ctx, reward_ctx, telegram_ctx] {
+                ctx.readiness.stop_accepting();
+            }
+        });
+        tracing::info!(%gateway, "platform listening");
+        Ok(Self {
+            gateway,
+            stand_in,
+            tasks,
+            shutdown,
+        })
+    }
+
+    /// The gateway's base URL.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.gateway)
+    }
+
+    /// Stops everything and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until every part has stopped (after the shutdown token fired).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        while let Some(done) = self.tasks.join_next().await {
+            done??;
+        }
+        Ok(())
+    }
+}

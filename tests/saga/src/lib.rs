@@ -1,1 +1,270 @@
-//! placeholder
+//! The test harness of the end-to-end suite: starts the whole platform in-process against the
+//! real PostgreSQL and NATS JetStream of the machine, isolated per test by a fresh database
+//! and a fresh stream/subject prefix, and offers the HTTP calls a client makes.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use platform::{Platform, Settings};
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor, PgConnection};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Where the suite's PostgreSQL and NATS are (`SAGA_TEST_DATABASE_URL` names the server's
+/// admin database; `SAGA_TEST_NATS_URL` the NATS server).
+fn admin_url() -> String {
+    std::env::var("SAGA_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn nats_url() -> String {
+    std::env::var("SAGA_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A platform started for one test.
+pub struct TestPlatform {
+    platform: Option<Platform>,
+    /// The gateway's base URL.
+    pub base: String,
+    /// The HTTP client.
+    pub http: reqwest::Client,
+    /// The test's database URL.
+    pub database_url: String,
+    /// The test's stream/subject prefix.
+    pub prefix: String,
+    database: String,
+    /// NATS, for tests that publish on their own.
+    pub nats: async_nats::Client,
+}
+
+/// Knobs a test may turn before the platform starts.
+pub fn default_settings() -> Settings {
+    let mut settings = Settings {
+        platform: platform::PlatformSettings {
+            gateway_addr: "127.0.0.1:0".into(),
+            stand_in_addr: "127.0.0.1:0".into(),
+        },
+        orchestrator: Default::default(),
+        workers: Default::default(),
+        telegram: Default::default(),
+    };
+    settings.orchestrator.policies.step_timeout = Duration::from_secs(5);
+    settings.orchestrator.policies.telegram_timeout = Duration::from_secs(10);
+    settings.orchestrator.infra.database_max_connections = 8;
+    settings.workers.infra.database_max_connections = 4;
+    settings
+}
+
+impl TestPlatform {
+    /// Starts a platform with the default test settings.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(default_settings()).await
+    }
+
+    /// Starts a platform with `settings` (database and NATS are filled in here).
+    pub async fn start_with(mut settings: Settings) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let id = Uuid::new_v4().simple().to_string();
+        let database = format!("saga_t_{}", &id[..16]);
+        let prefix = format!("t{}", &id[..12]);
+        let admin = admin_url();
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .context("PostgreSQL admin connection")?;
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .await?;
+        conn.close().await?;
+        let (base_url, _) = admin
+            .rsplit_once('/')
+            .context("database URL without a path")?;
+        let database_url = format!("{base_url}/{database}");
+        for infra in [
+            &mut settings.orchestrator.infra,
+            &mut settings.workers.infra,
+        ] {
+            infra.database_url = database_url.clone();
+            infra.nats_url = nats_url();
+            infra.nats_prefix = prefix.clone();
+        }
+        let platform = Platform::start(settings, CancellationToken::new()).await?;
+        let nats = async_nats::connect(nats_url()).await?;
+        Ok(Self {
+            base: platform.base_url(),
+            platform: Some(platform),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+            database_url,
+            prefix,
+            database,
+            nats,
+        })
+    }
+
+    /// The in-process Telegram stand-in.
+    pub fn stand_in(&self) -> &workers::telegram_stand_in::StandIn {
+        let platform = self.platform.as_ref().expect("running");
+        &platform
+            .stand_in
+            .as_ref()
+            .expect("the tests run without a bot token")
+            .1
+    }
+
+    /// The stand-in's base URL.
+    pub fn stand_in_url(&self) -> String {
+        let platform = self.platform.as_ref().expect("running");
+        format!("http://{}", platform.stand_in.as_ref().expect("stand-in").0)
+    }
+
+    /// `METHOD base+path` with an optional JSON body: (status, headers, JSON body or null).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, reqwest::header::HeaderMap, Value)> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await?;
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        Ok((status, headers, body))
+    }
+
+    /// GET returning the JSON body, failing on a non-2xx status.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let (status, _, body) = self.call(reqwest::Method::GET, path, None).await?;
+        if !(200..300).contains(&status) {
+            bail!("GET {path}: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    /// Creates a mission for `customer` worth `points`.
+    pub async fn create_mission(
+        &self,
+        customer: &str,
+        title: &str,
+        points: i64,
+    ) -> anyhow::Result<Value> {
+        let (status, _, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/missions",
+                Some(json!({"customer_id": customer, "title": title, "reward_points": points})),
+            )
+            .await?;
+        if status != 201 {
+            bail!("creating a mission: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    /// Links `customer` to Telegram chat `chat_id`.
+    pub async fn link_chat(&self, customer: &str, chat_id: i64) -> anyhow::Result<()> {
+        let (status, _, body) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/telegram/chats/{customer}"),
+                Some(json!({"chat_id": chat_id})),
+            )
+            .await?;
+        if status != 200 {
+            bail!("linking a chat: {status} {body}");
+        }
+        Ok(())
+    }
+
+    /// Starts a mission_reward saga for `mission_id`; returns the saga's id.
+    pub async fn start_saga(&self, mission_id: &str) -> anyhow::Result<String> {
+        let (status, _, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/sagas",
+                Some(json!({"type": "mission_reward", "input": {"mission_id": mission_id}})),
+            )
+            .await?;
+        if status != 202 {
+            bail!("starting a saga: {status} {body}");
+        }
+        body["id"]
+            .as_str()
+            .map(str::to_owned)
+            .context("saga without id")
+    }
+
+    /// Polls the saga until it is terminal (or `timeout` passes).
+    pub async fn wait_terminal(&self, saga_id: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let saga = self.get(&format!("/v1/sagas/{saga_id}")).await?;
+            let state = saga["state"].as_str().unwrap_or_default();
+            if matches!(state, "completed" | "compensated" | "failed") {
+                return Ok(saga);
+            }
+            if Instant::now() > deadline {
+                bail!("saga {saga_id} still {state} after {timeout:?}: {saga}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A customer with a linked chat and a fresh mission: (customer, chat id, mission).
+    pub async fn customer_with_mission(&self, points: i64) -> anyhow::Result<(String, i64, Value)> {
+        let n = Uuid::new_v4().as_u128();
+        let customer = format!("player-{}", n % 1_000_000_000);
+        let chat_id = i64::try_from(n % 9_000_000_000).unwrap_or(1) + 1_000;
+        self.link_chat(&customer, chat_id).await?;
+        let mission = self
+            .create_mission(&customer, "Slay the dragon", points)
+            .await?;
+        Ok((customer, chat_id, mission))
+    }
+
+    /// Stops the platform, drops its database and streams.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(platform) = self.platform.take() {
+            platform.stop().await?;
+        }
+        let js = async_nats::jetstream::new(self.nats.clone());
+        let topology = contracts::Topology::new(&self.prefix);
+        for stream in contracts::topology::Stream::ALL {
+            let _ = js.delete_stream(topology.stream(stream)).await;
+        }
+        let mut conn = PgConnection::connect(&admin_url()).await?;
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.database
+        )))
+        .await?;
+        Ok(())
+    }
+}
+
+/// Waits until `check` returns `Some`, polling every 50 ms, or fails after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The platform's one entry point on a Debian/Ubuntu machine.
+#   ./dev.sh up        install what is missing, start PostgreSQL and NATS JetStream, build and
+#                      start the whole platform in the background; prints where it listens
+#   ./dev.sh test      make sure PostgreSQL and NATS run, then run the whole test suite
+#   ./dev.sh down      stop the platform started by `up`
+#   ./dev.sh bench [N] [C]   run the benchmark against the running platform
+#   ./dev.sh services  only install and start PostgreSQL and NATS (what CI needs)
+set -euo pipefail
+cd "$(dirname "$0")"
+RUN_DIR="$PWD/.run"
+mkdir -p "$RUN_DIR"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_toolchain() {
+  if ! command -v cc >/dev/null; then say "installing a C compiler"; apt_install build-essential; fi
+  if ! command -v curl >/dev/null; then apt_install curl ca-certificates; fi
+  if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
+  if ! command -v cargo >/dev/null; then
+    say "installing Rust (rustup)"
+    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component rustfmt,clippy >/dev/null
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+}
+
+tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+ensure_postgres() {
+  if ! command -v pg_ctlcluster >/dev/null; then say "installing PostgreSQL"; apt_install postgresql; fi
+  if ! tcp_open 5432; then
+    say "starting PostgreSQL"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start
+    for _ in $(seq 1 50); do tcp_open 5432 && break; sleep 0.2; done
+  fi
+  # The platform connects over TCP. Where the local server does not trust loopback (a fresh
+  # Debian install asks for a password), make a local role with a development password.
+  if psql "postgres://postgres@127.0.0.1:5432/postgres" -Atqc 'select 1' >/dev/null 2>&1; then
+    ADMIN_URL="postgres://postgres@127.0.0.1:5432/postgres"
+  else
+    say "creating the local role 'saga' (PostgreSQL does not trust loopback here)"
+    as_root su postgres -c "psql -qc \"DO \\\$\\\$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'saga') THEN CREATE ROLE saga LOGIN CREATEDB PASSWORD 'saga-local-dev'; END IF; END\\\$\\\$\"" >/dev/null
+    ADMIN_URL="postgres://saga:saga-local-dev@127.0.0.1:5432/postgres"
+  fi
+  export SAGA_TEST_DATABASE_URL="${SAGA_TEST_DATABASE_URL:-$ADMIN_URL}"
+  export SAGA_DATABASE_URL="${SAGA_DATABASE_URL:-${ADMIN_URL%/postgres}/saga}"
+  if ! psql "$ADMIN_URL" -Atqc "select 1 from pg_database where datname = 'saga'" | grep -q 1; then
+    psql "$ADMIN_URL" -qc 'CREATE DATABASE saga' >/dev/null
+  fi
+}
+
+ensure_nats() {
+  if ! command -v nats-server >/dev/null; then say "installing nats-server"; apt_install nats-server; fi
+  if ! tcp_open 4222; then
+    say "starting nats-server with JetStream"
+    local store=/var/lib/nats-server
+    [ -w "$(dirname "$store")" ] || store="$RUN_DIR/nats"
+    mkdir -p "$store"
+    nohup "$(command -v nats-server)" -a 127.0.0.1 -p 4222 -js -sd "$store" \
+      -l "$RUN_DIR/nats-server.log" >/dev/null 2>&1 &
+    for _ in $(seq 1 50); do tcp_open 4222 && break; sleep 0.2; done
+  fi
+  tcp_open 4222 || { echo "nats-server did not start; see $RUN_DIR/nats-server.log" >&2; exit 1; }
+}
+
+services() {
+  ensure_postgres
+  ensure_nats
+}
+
+up() {
+  ensure_toolchain
+  services
+  say "building the platform (release)"
+  cargo build --release --quiet -p saga-platform --bin saga-platform --bin saga-bench
+  down quiet
+  say "starting the platform"
+  SAGA_DATABASE_URL="$SAGA_DATABASE_URL" nohup target/release/saga-platform \
+    >"$RUN_DIR/platform.log" 2>&1 &
+  echo $! >"$RUN_DIR/platform.pid"
+  local base="http://${SAGA_GATEWAY_ADDR:-127.0.0.1:8080}"
+  for _ in $(seq 1 100); do
+    if curl -fsS "$base/readyz" >/dev/null 2>&1; then
+      cat <<MSG
+
+The reward saga platform is up.
+  API (every service):   $base          e.g. curl $base/v1/sagas
+  OpenAPI document:      $base/openapi.json
+  Telegram stand-in:     http://${SAGA_STAND_IN_ADDR:-127.0.0.1:8081}   (no SAGA_TELEGRAM_BOT_TOKEN set)
+  Log:                   $RUN_DIR/platform.log
+  Stop it with:          ./dev.sh down
+MSG
+      return 0
+    fi
+    if ! kill -0 "$(cat "$RUN_DIR/platform.pid")" 2>/dev/null; then break; fi
+    sleep 0.2
+  done
+  echo "the platform did not become ready; its log:" >&2
+  tail -n 30 "$RUN_DIR/platform.log" >&2
+  exit 1
+}
+
+down() {
+  local pidfile="$RUN_DIR/platform.pid"
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    kill "$(cat "$pidfile")"
+    for _ in $(seq 1 100); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.1; done
+    [ "${1:-}" = quiet ] || say "platform stopped"
+  fi
+  rm -f "$pidfile"
+}
+
+run_tests() {
+  ensure_toolchain
+  services
+  cargo test --workspace --all-targets
+}
+
+bench() {
+  ensure_toolchain
+  cargo build --release --quiet -p saga-platform --bin saga-bench
+  target/release/saga-bench --base-url "http://${SAGA_GATEWAY_ADDR:-127.0.0.1:8080}" \
+    --sagas "${1:-2000}" --concurrency "${2:-50}"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  test) run_tests ;;
+  services) services ;;
+  bench) shift; bench "$@" ;;
+  *) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

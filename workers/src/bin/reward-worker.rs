@@ -1,0 +1,19 @@
+//! The reward worker binary: HTTP on `SAGA_REWARD_ADDR` (default `127.0.0.1:8092`), commands
+//! from `cmd.reward.>`, until SIGTERM.
+
+use contracts::Worker;
+use saga_workers::reward::{MIGRATOR, RewardWorker};
+use saga_workers::runtime::{WorkerContext, WorkerSettings, serve_worker};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    runtime::telemetry::init();
+    let settings: WorkerSettings = runtime::config::load()?;
+    let addr = std::env::var("SAGA_REWARD_ADDR").unwrap_or_else(|_| "127.0.0.1:8092".into());
+    let shutdown = runtime::shutdown::on_signal();
+    let context = WorkerContext::connect(&settings, Worker::Reward, &MIGRATOR).await?;
+    let worker = RewardWorker::new(context.pool.clone());
+    let api = worker.api();
+    let background = worker.run(context.clone(), shutdown.clone());
+    serve_worker(&context, &addr, api, background, shutdown).await
+}

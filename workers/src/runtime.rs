@@ -1,0 +1,495 @@
+//! The worker runtime. A batch of commands is handled in one PostgreSQL transaction, each
+//! command in its own savepoint: the inbox is checked first (a command seen before re-sends its
+//! stored reply and changes nothing), then the handler does its domain write, and the reply and
+//! any domain events go to the outbox with the inbox row. After commit the outbox is published
+//! and the messages are acked. A [`HandlerError::Retryable`] rolls the command back and NAKs
+//! it with a growing delay; a [`HandlerError::Fatal`] (or an undecodable message) is parked on
+//! the dead-letter stream with the reason.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use contracts::topology::Stream;
+use contracts::{Command, DomainEvent, Envelope, MessageId, Reply, Topology, Worker};
+use futures::StreamExt;
+use runtime::jetstream::{Outgoing, encode};
+use runtime::outbox::{self, OutboxMessage, Publisher};
+use runtime::{consume, dead_letter};
+use sqlx::{Acquire, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// What a handler made of a command: the reply to send, and domain events to publish.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Handled {
+    /// The reply (a business refusal is a `Reply::Failed`, recorded like a success).
+    pub reply: Reply,
+    /// Events to publish on `DOMAIN_EVT`.
+    pub events: Vec<DomainEvent>,
+}
+
+impl Handled {
+    /// A reply without events.
+    pub fn reply(reply: Reply) -> Self {
+        Self {
+            reply,
+            events: Vec::new(),
+        }
+    }
+}
+
+/// A handler's failure that is not a business answer.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Infrastructure trouble (database, network): roll back and redeliver later.
+    #[error("retryable: {0}")]
+    Retryable(String),
+    /// The command can never be handled (it does not fit this worker): dead-letter it.
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(error: sqlx::Error) -> Self {
+        HandlerError::Retryable(error.to_string())
+    }
+}
+
+/// A worker's domain logic.
+pub trait Handler: Send + Sync + 'static {
+    /// Which worker this is.
+    fn worker(&self) -> Worker;
+
+    /// Handles one command inside the caller's transaction (a savepoint of it).
+    fn handle<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        command: &'a Envelope<Command>,
+    ) -> impl Future<Output = Result<Handled, HandlerError>> + Send + 'a;
+}
+
+/// Runs a handler against its durable consumer.
+pub struct CommandLoop<H> {
+    handler: Arc<H>,
+    pool: PgPool,
+    js: jetstream::Context,
+    topology: Topology,
+    publisher: Publisher,
+}
+
+impl<H> Clone for CommandLoop<H> {
+    fn clone(&self) -> Self {
+        Self {
+            handler: self.handler.clone(),
+            pool: self.pool.clone(),
+            js: self.js.clone(),
+            topology: self.topology.clone(),
+            publisher: self.publisher.clone(),
+        }
+    }
+}
+
+struct Pending {
+    message: jetstream::Message,
+    verdict: Verdict,
+}
+
+enum Verdict {
+    Ack,
+    Retry(String),
+    Park(String),
+}
+
+impl<H: Handler> CommandLoop<H> {
+    /// A loop for `handler` over the worker's pool and JetStream.
+    pub fn new(handler: Arc<H>, pool: PgPool, js: jetstream::Context, topology: Topology) -> Self {
+        let publisher = Publisher::new(pool.clone(), js.clone());
+        Self {
+            handler,
+            pool,
+            js,
+            topology,
+            publisher,
+        }
+    }
+
+    /// Consumes commands with `loops` concurrent pull loops until `shutdown`.
+    pub async fn run(
+        self,
+        loops: usize,
+        max_batch: usize,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let worker = self.handler.worker();
+        let consumer = runtime::jetstream::ensure_consumer(
+            &self.js,
+            &self.topology,
+            Stream::Commands,
+            &self.topology.worker_consumer(worker),
+            &self.topology.worker_commands(worker),
+        )
+        .await?;
+        let relay = {
+            let publisher = self.publisher.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                publisher
+                    .run_relay(
+                        stop,
+                        std::time::Duration::from_millis(500),
+                        std::time::Duration::from_secs(2),
+                    )
+                    .await;
+            })
+        };
+        let mut tasks = Vec::new();
+        for _ in 0..loops.max(1) {
+            let this = self.clone();
+            let consumer = consumer.clone();
+            let stop = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                consume::run_batches(consumer, max_batch, stop, |batch| this.handle_batch(batch))
+                    .await;
+            }));
+        }
+        for task in tasks {
+            task.await?;
+        }
+        relay.await?;
+        Ok(())
+    }
+
+    /// Handles one batch of command messages.
+    pub async fn handle_batch(&self, messages: Vec<jetstream::Message>) {
+        let mut pending = Vec::with_capacity(messages.len());
+        let mut commands = Vec::with_capacity(messages.len());
+        for message in messages {
+            match runtime::jetstream::decode::<Command>(&message) {
+                Ok(command) => {
+                    commands.push(Some(command));
+                    pending.push(Pending {
+                        message,
+                        verdict: Verdict::Ack,
+                    });
+                }
+                Err(error) => {
+                    commands.push(None);
+                    pending.push(Pending {
+                        message,
+                        verdict: Verdict::Park(error.to_string()),
+                    });
+                }
+            }
+        }
+        match self.process(&commands, &mut pending).await {
+            Ok(outbox) => {
+                if let Err(error) = self.publisher.publish(&outbox).await {
+                    tracing::warn!(%error, "publishing replies failed; the relay will retry");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "command batch failed; redelivering");
+                for p in pending.iter_mut() {
+                    if matches!(p.verdict, Verdict::Ack) {
+                        p.verdict = Verdict::Retry(error.to_string());
+                    }
+                }
+            }
+        }
+        futures::stream::iter(pending)
+            .for_each_concurrent(64, |p| self.settle(p))
+            .await;
+    }
+
+    async fn settle(&self, pending: Pending) {
+        let Pending { message, verdict } = pending;
+        let result = match verdict {
+            Verdict::Ack => message.ack().await,
+            Verdict::Park(reason) => {
+                dead_letter::park(&self.js, &self.topology, &message, &reason).await
+            }
+            Verdict::Retry(reason) => {
+                let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+                if delivered >= runtime::jetstream::MAX_DELIVER {
+                    let reason = format!("gave up after {delivered} deliveries: {reason}");
+                    dead_letter::park(&self.js, &self.topology, &message, &reason).await
+                } else {
+                    message
+                        .ack_with(jetstream::AckKind::Nak(Some(consume::nak_delay(delivered))))
+                        .await
+                }
+            }
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, subject = %message.subject, "settling a command failed; it comes back");
+        }
+    }
+
+    async fn process(
+        &self,
+        commands: &[Option<Envelope<Command>>],
+        pending: &mut [Pending],
+    ) -> Result<Vec<OutboxMessage>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<Uuid> = commands.iter().flatten().map(|c| c.message_id.0).collect();
+        let stored: Vec<(Uuid, String, serde_json::Value, Vec<u8>)> = sqlx::query_as(
+            "SELECT message_id, reply_subject, reply_headers, reply_payload FROM inbox \
+             WHERE message_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut seen: HashMap<MessageId, Outgoing> = stored
+            .into_iter()
+            .map(|(id, subject, headers, payload)| {
+                let headers = serde_json::from_value(headers).unwrap_or_default();
+                (
+                    MessageId(id),
+                    Outgoing {
+                        subject,
+                        headers,
+                        payload,
+                    },
+                )
+            })
+            .collect();
+        let mut outbox = Vec::new();
+        for (command, p) in commands.iter().zip(pending.iter_mut()) {
+            let Some(command) = command else {
+                continue;
+            };
+            if let Some(reply) = seen.get(&command.message_id) {
+                tracing::debug!(message_id = %command.message_id, "duplicate command: re-sending the stored reply");
+                outbox.push(OutboxMessage::new(reply.clone()));
+                continue;
+            }
+            let mut savepoint = tx.begin().await?;
+            match self.handler.handle(&mut savepoint, command).await {
+                Ok(handled) => {
+                    let (reply, events) = self.outgoing(command, handled);
+                    sqlx::query(
+                        "INSERT INTO inbox (message_id, reply_subject, reply_headers, reply_payload) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(command.message_id.0)
+                    .bind(&reply.subject)
+                    .bind(serde_json::to_value(&reply.headers).unwrap_or_default())
+                    .bind(&reply.payload)
+                    .execute(&mut *savepoint)
+                    .await?;
+                    savepoint.commit().await?;
+                    outbox.push(OutboxMessage::new(reply.clone()));
+                    outbox.extend(events.into_iter().map(OutboxMessage::new));
+                    seen.insert(command.message_id, reply);
+                }
+                Err(HandlerError::Retryable(reason)) => {
+                    savepoint.rollback().await?;
+                    tracing::warn!(saga_id = %command.saga_id, step = %command.step, %reason, "command will be retried");
+                    p.verdict = Verdict::Retry(reason);
+                }
+                Err(HandlerError::Fatal(reason)) => {
+                    savepoint.rollback().await?;
+                    p.verdict = Verdict::Park(reason);
+                }
+            }
+        }
+        outbox::insert(&mut tx, &outbox).await?;
+        tx.commit().await?;
+        Ok(outbox)
+    }
+
+    fn outgoing(&self, command: &Envelope<Command>, handled: Handled) -> (Outgoing, Vec<Outgoing>) {
+        let reply = command.reply(handled.reply);
+        let subject = self.topology.reply_subject(&command.saga_type);
+        let reply = encode(subject, &reply).unwrap_or_else(|error| Outgoing {
+            subject: self.topology.reply_subject(&command.saga_type),
+            headers: command.headers.clone(),
+            payload: error.to_string().into_bytes(),
+        });
+        let events = handled
+            .events
+            .iter()
+            .filter_map(|event| {
+                let (context, name) = event.subject_tokens();
+                Some(Outgoing {
+                    subject: self.topology.event_subject(context, name),
+                    headers: command.headers.clone(),
+                    payload: serde_json::to_vec(event).ok()?,
+                })
+            })
+            .collect();
+        (reply, events)
+    }
+}
+
+/// Answers core-NATS look-ups on `subject` (queue group `group`) with `answer` until
+/// `shutdown`: the request body is `{"id": ...}`, the answer `{"found": bool}`.
+pub async fn serve_lookups<F, Fut>(
+    nats: async_nats::Client,
+    subject: String,
+    group: String,
+    shutdown: CancellationToken,
+    answer: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(serde_json::Value) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<bool, sqlx::Error>> + Send,
+{
+    let mut requests = nats.queue_subscribe(subject, group).await?;
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            request = requests.next() => request,
+        };
+        let Some(request) = request else {
+            return Ok(());
+        };
+        let Some(reply_to) = request.reply.clone() else {
+            continue;
+        };
+        let id = serde_json::from_slice::<serde_json::Value>(&request.payload)
+            .ok()
+            .and_then(|v| v.get("id").cloned())
+            .unwrap_or_default();
+        match answer(id).await {
+            Ok(found) => {
+                let body = serde_json::json!({ "found": found }).to_string();
+                if let Err(error) = nats.publish(reply_to, body.into()).await {
+                    tracing::warn!(%error, "look-up answer not sent");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "look-up failed; the caller times out"),
+        }
+    }
+}
+
+/// What every worker process shares: its pool (in its own schema), NATS, JetStream, the
+/// topology, its readiness switch and its consumer settings.
+#[derive(Clone)]
+pub struct WorkerContext {
+    /// The worker's pool.
+    pub pool: PgPool,
+    /// Core NATS (look-ups).
+    pub nats: async_nats::Client,
+    /// JetStream.
+    pub js: jetstream::Context,
+    /// Subjects and streams.
+    pub topology: Topology,
+    /// `/readyz`.
+    pub readiness: runtime::http::Readiness,
+    /// Concurrent pull loops.
+    pub loops: usize,
+    /// Commands per transaction at most.
+    pub batch: usize,
+}
+
+/// Settings every worker reads (`SAGA_*`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerSettings {
+    /// Database and NATS.
+    #[serde(flatten)]
+    pub infra: runtime::config::Infrastructure,
+    /// Concurrent pull loops per worker process (`SAGA_COMMAND_LOOPS`).
+    pub command_loops: usize,
+    /// Commands handled per transaction at most (`SAGA_COMMAND_BATCH`).
+    pub command_batch: usize,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            infra: runtime::config::Infrastructure::default(),
+            command_loops: 2,
+            command_batch: 128,
+        }
+    }
+}
+
+impl WorkerContext {
+    /// Connects a worker: its schema (migrated), NATS, the streams.
+    pub async fn connect(
+        settings: &WorkerSettings,
+        worker: Worker,
+        migrator: &sqlx::migrate::Migrator,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let schema = worker.as_str();
+        let pool = runtime::db::connect(
+            &settings.infra.database_url,
+            schema,
+            settings.infra.database_max_connections,
+            migrator,
+        )
+        .await
+        .with_context(|| format!("PostgreSQL at {}", settings.infra.database_url_redacted()))?;
+        let nats =
+            runtime::jetstream::connect(&settings.infra.nats_url, &format!("worker-{schema}"))
+                .await
+                .with_context(|| format!("NATS at {}", settings.infra.nats_url))?;
+        let js = jetstream::new(nats.clone());
+        let topology = Topology::new(&settings.infra.nats_prefix);
+        runtime::jetstream::ensure_streams(&js, &topology, settings.infra.nats_replicas).await?;
+        let readiness = runtime::http::Readiness::new(
+            pool.clone(),
+            js.clone(),
+            topology.stream(Stream::Commands),
+        );
+        Ok(Self {
+            pool,
+            nats,
+            js,
+            topology,
+            readiness,
+            loops: settings.command_loops,
+            batch: settings.command_batch,
+        })
+    }
+
+    /// Runs `handler` on this worker's commands until `shutdown`.
+    pub async fn run_commands<H: Handler>(
+        &self,
+        handler: Arc<H>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        CommandLoop::new(
+            handler,
+            self.pool.clone(),
+            self.js.clone(),
+            self.topology.clone(),
+        )
+        .run(self.loops, self.batch, shutdown)
+        .await
+    }
+}
+
+/// Serves a worker's routes (plus health and OpenAPI) on `addr` and runs `background` until
+/// `shutdown`: the body of every worker binary.
+pub async fn serve_worker(
+    context: &WorkerContext,
+    addr: &str,
+    api: (axum::Router, utoipa::openapi::OpenApi),
+    background: impl Future<Output = anyhow::Result<()>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "worker listening");
+    let (routes, openapi) = api;
+    let router = routes
+        .merge(runtime::http::health_routes(context.readiness.clone()))
+        .merge(runtime::http::openapi_route(openapi))
+        .fallback(runtime::problem::route_not_found);
+    let readiness = context.readiness.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        readiness.stop_accepting();
+    });
+    let (served, ran) = tokio::join!(runtime::http::serve(listener, router, shutdown), background);
+    served?;
+    ran
+}
