@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use contracts::{MessageId, Phase, SagaId};
-use runtime::outbox::{self, OutboxMessage};
+use runtime::outbox::OutboxMessage;
 use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -260,7 +260,7 @@ impl Store {
                 None => Err(StoreError::Conflict),
             };
         }
-        write_details(&mut tx, std::slice::from_ref(&change)).await?;
+        write(&mut tx, std::slice::from_ref(&change)).await?;
         tx.commit().await?;
         Ok(Ok(()))
     }
@@ -351,101 +351,38 @@ pub async fn load_many(
 }
 
 /// Writes changes of existing sagas: version-checked saga rows, changed steps and
-/// compensations, timers and outbox rows. A concurrent change fails the whole batch with
-/// [`StoreError::Conflict`].
+/// compensations, timers and outbox rows, in one statement. A concurrent change fails the
+/// whole batch with [`StoreError::Conflict`].
 pub async fn apply(conn: &mut PgConnection, changes: &[Change]) -> Result<(), StoreError> {
     if changes.is_empty() {
         return Ok(());
     }
-    let mut ids = Vec::with_capacity(changes.len());
-    let mut states = Vec::with_capacity(changes.len());
-    let mut contexts = Vec::with_capacity(changes.len());
-    let mut versions = Vec::with_capacity(changes.len());
-    let mut updated = Vec::with_capacity(changes.len());
-    for change in changes {
-        let Some(before) = &change.before else {
-            continue;
-        };
-        ids.push(change.after.id.0);
-        states.push(change.after.state.as_str());
-        contexts.push(Value::Object(change.after.context.clone()));
-        versions.push(before.version);
-        updated.push(change.after.updated_at);
-    }
-    write_timers(conn, changes).await?;
-    let written: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE sagas s SET state = u.state::saga_state, context = u.context, \
-         version = s.version + 1, updated_at = u.updated_at \
-         FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::bigint[], $5::timestamptz[]) \
-              AS u(id, state, context, version, updated_at) \
-         WHERE s.id = u.id AND s.version = u.version RETURNING s.id",
-    )
-    .bind(&ids)
-    .bind(&states)
-    .bind(&contexts)
-    .bind(&versions)
-    .bind(&updated)
-    .fetch_all(&mut *conn)
-    .await?;
-    if written.len() != ids.len() {
+    let expected = changes.iter().filter(|c| c.before.is_some()).count();
+    let written = write(conn, changes).await?;
+    if written != expected {
         return Err(StoreError::Conflict);
     }
-    write_rows(conn, changes).await
-}
-
-async fn write_details(tx: &mut PgConnection, changes: &[Change]) -> Result<(), StoreError> {
-    write_timers(tx, changes).await?;
-    write_rows(tx, changes).await
-}
-
-async fn write_timers(conn: &mut PgConnection, changes: &[Change]) -> Result<(), StoreError> {
-    let cleared: Vec<Uuid> = changes
-        .iter()
-        .filter(|c| c.timer == TimerChange::Clear)
-        .map(|c| c.after.id.0)
-        .collect();
-    if !cleared.is_empty() {
-        sqlx::query("DELETE FROM timers WHERE saga_id = ANY($1)")
-            .bind(&cleared)
-            .execute(&mut *conn)
-            .await?;
-    }
-    let mut ids = Vec::new();
-    let mut kinds = Vec::new();
-    let mut steps = Vec::new();
-    let mut phases = Vec::new();
-    let mut attempts = Vec::new();
-    let mut after = Vec::new();
-    for change in changes {
-        if let TimerChange::Set(timer, wait) = change.timer {
-            ids.push(change.after.id.0);
-            kinds.push(text(&timer.kind));
-            steps.push(i16::try_from(timer.step_index).unwrap_or(i16::MAX));
-            phases.push(timer.phase.as_str());
-            attempts.push(i32::try_from(timer.attempt).unwrap_or(i32::MAX));
-            after.push(wait.as_secs_f64());
-        }
-    }
-    if !ids.is_empty() {
-        sqlx::query(
-            "INSERT INTO timers (saga_id, kind, step_index, phase, attempt, due_at) \
-             SELECT id, kind, step, phase, attempt, now() + make_interval(secs => wait) \
-             FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::text[], $5::int4[], $6::float8[]) \
-                  AS t(id, kind, step, phase, attempt, wait) \
-             ON CONFLICT (saga_id) DO UPDATE SET kind = excluded.kind, \
-                step_index = excluded.step_index, phase = excluded.phase, \
-                attempt = excluded.attempt, due_at = excluded.due_at",
-        )
-        .bind(&ids)
-        .bind(&kinds)
-        .bind(&steps)
-        .bind(&phases)
-        .bind(&attempts)
-        .bind(&after)
-        .execute(&mut *conn)
-        .await?;
-    }
     Ok(())
+}
+
+/// The columns of one batch write.
+#[derive(Default)]
+struct Batch {
+    cleared: Vec<Uuid>,
+    timer_saga: Vec<Uuid>,
+    timer_kind: Vec<String>,
+    timer_step: Vec<i16>,
+    timer_phase: Vec<&'static str>,
+    timer_attempt: Vec<i32>,
+    timer_after: Vec<f64>,
+    saga_id: Vec<Uuid>,
+    saga_state: Vec<&'static str>,
+    saga_context: Vec<Value>,
+    saga_version: Vec<i64>,
+    saga_updated: Vec<DateTime<Utc>>,
+    steps: StepColumns,
+    comps: StepColumns,
+    outbox: Vec<OutboxMessage>,
 }
 
 #[derive(Default)]
@@ -461,95 +398,154 @@ struct StepColumns {
     run_order: Vec<Option<i32>>,
 }
 
-async fn write_rows(conn: &mut PgConnection, changes: &[Change]) -> Result<(), StoreError> {
-    let mut steps = StepColumns::default();
-    let mut comps = StepColumns::default();
-    let mut messages = Vec::new();
-    for change in changes {
-        let id = change.after.id.0;
-        let before = change.before.as_ref().map(|b| &b.saga);
-        for (index, step) in change.after.steps.iter().enumerate() {
-            if before.and_then(|b| b.steps.get(index)) == Some(step) {
-                continue;
+fn small(value: u16) -> i16 {
+    i16::try_from(value).unwrap_or(i16::MAX)
+}
+
+fn int(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+impl Batch {
+    fn of(changes: &[Change]) -> Self {
+        let mut b = Batch::default();
+        for change in changes {
+            let id = change.after.id.0;
+            match change.timer {
+                TimerChange::Keep => {}
+                TimerChange::Clear => b.cleared.push(id),
+                TimerChange::Set(timer, wait) => {
+                    b.timer_saga.push(id);
+                    b.timer_kind.push(text(&timer.kind));
+                    b.timer_step.push(small(timer.step_index));
+                    b.timer_phase.push(timer.phase.as_str());
+                    b.timer_attempt.push(int(timer.attempt));
+                    b.timer_after.push(wait.as_secs_f64());
+                }
             }
-            steps.saga.push(id);
-            steps.index.push(i16::try_from(index).unwrap_or(i16::MAX));
-            steps.name.push(step.name.clone());
-            steps.state.push(text(&step.state));
-            steps
-                .attempts
-                .push(i32::try_from(step.attempts).unwrap_or(i32::MAX));
-            steps.started.push(step.started_at);
-            steps.finished.push(step.finished_at);
-            steps.error.push(step.last_error.clone());
-        }
-        for c in &change.after.compensations {
-            let unchanged = before.is_some_and(|b| b.compensations.iter().any(|old| old == c));
-            if unchanged {
-                continue;
+            let before = change.before.as_ref();
+            if let Some(before) = before {
+                b.saga_id.push(id);
+                b.saga_state.push(change.after.state.as_str());
+                b.saga_context.push(Value::Object(change.after.context.clone()));
+                b.saga_version.push(before.version);
+                b.saga_updated.push(change.after.updated_at);
             }
-            comps.saga.push(id);
-            comps
-                .index
-                .push(i16::try_from(c.step_index).unwrap_or(i16::MAX));
-            comps.name.push(c.name.clone());
-            comps.state.push(text(&c.state));
-            comps
-                .attempts
-                .push(i32::try_from(c.attempts).unwrap_or(i32::MAX));
-            comps.started.push(c.started_at);
-            comps.finished.push(c.finished_at);
-            comps.error.push(c.last_error.clone());
-            comps
-                .run_order
-                .push(c.run_order.map(|o| i32::try_from(o).unwrap_or(i32::MAX)));
+            let before = before.map(|b| &b.saga);
+            for (index, step) in change.after.steps.iter().enumerate() {
+                if before.and_then(|b| b.steps.get(index)) == Some(step) {
+                    continue;
+                }
+                let s = &mut b.steps;
+                s.saga.push(id);
+                s.index.push(i16::try_from(index).unwrap_or(i16::MAX));
+                s.name.push(step.name.clone());
+                s.state.push(text(&step.state));
+                s.attempts.push(int(step.attempts));
+                s.started.push(step.started_at);
+                s.finished.push(step.finished_at);
+                s.error.push(step.last_error.clone());
+            }
+            for c in &change.after.compensations {
+                if before.is_some_and(|b| b.compensations.contains(c)) {
+                    continue;
+                }
+                let s = &mut b.comps;
+                s.saga.push(id);
+                s.index.push(small(c.step_index));
+                s.name.push(c.name.clone());
+                s.state.push(text(&c.state));
+                s.attempts.push(int(c.attempts));
+                s.started.push(c.started_at);
+                s.finished.push(c.finished_at);
+                s.error.push(c.last_error.clone());
+                s.run_order.push(c.run_order.map(int));
+            }
+            b.outbox.extend(change.outbox.iter().cloned());
         }
-        messages.extend(change.outbox.iter().cloned());
+        b
     }
-    if !steps.saga.is_empty() {
-        sqlx::query(
-            "INSERT INTO saga_steps (saga_id, step_index, name, state, attempts, started_at, \
-             finished_at, last_error) \
-             SELECT * FROM UNNEST($1::uuid[], $2::int2[], $3::text[], $4::text[], $5::int4[], \
-                                  $6::timestamptz[], $7::timestamptz[], $8::text[]) \
+}
+
+/// Writes a batch in one round trip (data-modifying CTEs); returns how many existing saga
+/// rows matched their expected version.
+async fn write(conn: &mut PgConnection, changes: &[Change]) -> Result<usize, StoreError> {
+    let b = Batch::of(changes);
+    let outbox_ids: Vec<Uuid> = b.outbox.iter().map(|m| m.id).collect();
+    let outbox_subjects: Vec<&str> = b.outbox.iter().map(|m| m.outgoing.subject.as_str()).collect();
+    let outbox_headers: Vec<Value> = b
+        .outbox
+        .iter()
+        .map(|m| serde_json::to_value(&m.outgoing.headers).unwrap_or_default())
+        .collect();
+    let outbox_payloads: Vec<&[u8]> = b.outbox.iter().map(|m| m.outgoing.payload.as_slice()).collect();
+    let written: i64 = sqlx::query_scalar(
+        "WITH cleared AS (DELETE FROM timers WHERE saga_id = ANY($1::uuid[])), \
+         armed AS (INSERT INTO timers (saga_id, kind, step_index, phase, attempt, due_at) \
+             SELECT id, kind, step, phase, attempt, now() + make_interval(secs => wait) \
+             FROM UNNEST($2::uuid[], $3::text[], $4::int2[], $5::text[], $6::int4[], $7::float8[]) \
+                  AS t(id, kind, step, phase, attempt, wait) \
+             ON CONFLICT (saga_id) DO UPDATE SET kind = excluded.kind, \
+                step_index = excluded.step_index, phase = excluded.phase, \
+                attempt = excluded.attempt, due_at = excluded.due_at), \
+         moved AS (UPDATE sagas s SET state = u.state::saga_state, context = u.context, \
+                version = s.version + 1, updated_at = u.updated_at \
+             FROM UNNEST($8::uuid[], $9::text[], $10::jsonb[], $11::int8[], $12::timestamptz[]) \
+                  AS u(id, state, context, version, updated_at) \
+             WHERE s.id = u.id AND s.version = u.version RETURNING s.id), \
+         steps AS (INSERT INTO saga_steps (saga_id, step_index, name, state, attempts, \
+                started_at, finished_at, last_error) \
+             SELECT * FROM UNNEST($13::uuid[], $14::int2[], $15::text[], $16::text[], $17::int4[], \
+                                  $18::timestamptz[], $19::timestamptz[], $20::text[]) \
              ON CONFLICT (saga_id, step_index) DO UPDATE SET state = excluded.state, \
                 attempts = excluded.attempts, started_at = excluded.started_at, \
-                finished_at = excluded.finished_at, last_error = excluded.last_error",
-        )
-        .bind(&steps.saga)
-        .bind(&steps.index)
-        .bind(&steps.name)
-        .bind(&steps.state)
-        .bind(&steps.attempts)
-        .bind(&steps.started)
-        .bind(&steps.finished)
-        .bind(&steps.error)
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !comps.saga.is_empty() {
-        sqlx::query(
-            "INSERT INTO saga_compensations (saga_id, step_index, name, state, attempts, \
-             started_at, finished_at, last_error, run_order) \
-             SELECT * FROM UNNEST($1::uuid[], $2::int2[], $3::text[], $4::text[], $5::int4[], \
-                                  $6::timestamptz[], $7::timestamptz[], $8::text[], $9::int4[]) \
+                finished_at = excluded.finished_at, last_error = excluded.last_error), \
+         comps AS (INSERT INTO saga_compensations (saga_id, step_index, name, state, attempts, \
+                started_at, finished_at, last_error, run_order) \
+             SELECT * FROM UNNEST($21::uuid[], $22::int2[], $23::text[], $24::text[], $25::int4[], \
+                                  $26::timestamptz[], $27::timestamptz[], $28::text[], $29::int4[]) \
              ON CONFLICT (saga_id, step_index) DO UPDATE SET state = excluded.state, \
                 attempts = excluded.attempts, started_at = excluded.started_at, \
                 finished_at = excluded.finished_at, last_error = excluded.last_error, \
-                run_order = excluded.run_order",
-        )
-        .bind(&comps.saga)
-        .bind(&comps.index)
-        .bind(&comps.name)
-        .bind(&comps.state)
-        .bind(&comps.attempts)
-        .bind(&comps.started)
-        .bind(&comps.finished)
-        .bind(&comps.error)
-        .bind(&comps.run_order)
-        .execute(&mut *conn)
-        .await?;
-    }
-    outbox::insert(conn, &messages).await?;
-    Ok(())
+                run_order = excluded.run_order), \
+         queued AS (INSERT INTO outbox (id, subject, headers, payload) \
+             SELECT * FROM UNNEST($30::uuid[], $31::text[], $32::jsonb[], $33::bytea[])) \
+         SELECT count(*) FROM moved",
+    )
+    .bind(&b.cleared)
+    .bind(&b.timer_saga)
+    .bind(&b.timer_kind)
+    .bind(&b.timer_step)
+    .bind(&b.timer_phase)
+    .bind(&b.timer_attempt)
+    .bind(&b.timer_after)
+    .bind(&b.saga_id)
+    .bind(&b.saga_state)
+    .bind(&b.saga_context)
+    .bind(&b.saga_version)
+    .bind(&b.saga_updated)
+    .bind(&b.steps.saga)
+    .bind(&b.steps.index)
+    .bind(&b.steps.name)
+    .bind(&b.steps.state)
+    .bind(&b.steps.attempts)
+    .bind(&b.steps.started)
+    .bind(&b.steps.finished)
+    .bind(&b.steps.error)
+    .bind(&b.comps.saga)
+    .bind(&b.comps.index)
+    .bind(&b.comps.name)
+    .bind(&b.comps.state)
+    .bind(&b.comps.attempts)
+    .bind(&b.comps.started)
+    .bind(&b.comps.finished)
+    .bind(&b.comps.error)
+    .bind(&b.comps.run_order)
+    .bind(&outbox_ids)
+    .bind(&outbox_subjects)
+    .bind(&outbox_headers)
+    .bind(&outbox_payloads)
+    .fetch_one(conn)
+    .await?;
+    Ok(usize::try_from(written).unwrap_or(0))
 }

@@ -13,6 +13,7 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use futures::future::join_all;
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -82,39 +83,40 @@ pub async fn insert(
     Ok(())
 }
 
-/// Publishes rows and deletes the ones JetStream acknowledged.
+/// Publishes rows and deletes the ones JetStream acknowledged. Deleting is off the hot path:
+/// acknowledged ids go to a background task that deletes them in batches (a row the relay
+/// re-publishes before its delete lands is dropped by JetStream's de-duplication).
 #[derive(Clone)]
 pub struct Publisher {
     pool: PgPool,
     js: jetstream::Context,
+    acked: mpsc::UnboundedSender<Uuid>,
 }
 
 impl Publisher {
-    /// A publisher over a service's pool and JetStream context.
+    /// A publisher over a service's pool and JetStream context; spawns its deleter, which
+    /// ends when the last clone of the publisher is dropped.
     pub fn new(pool: PgPool, js: jetstream::Context) -> Self {
-        Self { pool, js }
+        let (acked, pending) = mpsc::unbounded_channel();
+        tokio::spawn(delete_acknowledged(pool.clone(), pending));
+        Self { pool, js, acked }
     }
 
-    /// Publishes `messages` concurrently, then deletes the acknowledged rows. Rows whose
-    /// publish failed stay for the relay.
+    /// Publishes `messages` concurrently and queues the acknowledged rows for deletion. Rows
+    /// whose publish failed stay for the relay.
     pub async fn publish(&self, messages: &[OutboxMessage]) -> Result<(), OutboxError> {
         if messages.is_empty() {
             return Ok(());
         }
         let acked = publish_all(&self.js, messages).await;
-        let mut done = Vec::with_capacity(messages.len());
         let mut failure = None;
         for (message, result) in messages.iter().zip(acked) {
             match result {
-                Ok(()) => done.push(message.id),
+                Ok(()) => {
+                    let _ = self.acked.send(message.id);
+                }
                 Err(error) => failure = Some(error),
             }
-        }
-        if !done.is_empty() {
-            sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-                .bind(&done)
-                .execute(&self.pool)
-                .await?;
         }
         match failure {
             Some(error) => Err(OutboxError::Publish(error)),
@@ -191,6 +193,24 @@ impl Publisher {
         sqlx::query_scalar("SELECT count(*) FROM outbox")
             .fetch_one(&self.pool)
             .await
+    }
+}
+
+async fn delete_acknowledged(pool: PgPool, mut pending: mpsc::UnboundedReceiver<Uuid>) {
+    let mut ids = Vec::new();
+    while pending.recv_many(&mut ids, 8192).await > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        while let Ok(id) = pending.try_recv() {
+            ids.push(id);
+        }
+        if let Err(error) = sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(%error, rows = ids.len(), "deleting published outbox rows failed; the relay re-publishes them, JetStream drops the copies");
+        }
+        ids.clear();
     }
 }
 

@@ -232,6 +232,23 @@ impl<H: Handler> CommandLoop<H> {
         commands: &[Option<Envelope<Command>>],
         pending: &mut [Pending],
     ) -> Result<Vec<OutboxMessage>, sqlx::Error> {
+        if let Some(outbox) = self.process_with(commands, pending, false).await? {
+            return Ok(outbox);
+        }
+        let careful = self.process_with(commands, pending, true).await?;
+        Ok(careful.unwrap_or_default())
+    }
+
+    /// Handles a batch in one transaction. Without `careful`, the first command that fails
+    /// (retryable or fatal) rolls everything back and `None` is returned, so that the batch is
+    /// handled again with a savepoint per command; most batches never fail and skip the
+    /// savepoints' round trips.
+    async fn process_with(
+        &self,
+        commands: &[Option<Envelope<Command>>],
+        pending: &mut [Pending],
+        careful: bool,
+    ) -> Result<Option<Vec<OutboxMessage>>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let ids: Vec<Uuid> = commands.iter().flatten().map(|c| c.message_id.0).collect();
         let stored: Vec<(Uuid, String, serde_json::Value, Vec<u8>)> = sqlx::query_as(
@@ -245,17 +262,11 @@ impl<H: Handler> CommandLoop<H> {
             .into_iter()
             .map(|(id, subject, headers, payload)| {
                 let headers = serde_json::from_value(headers).unwrap_or_default();
-                (
-                    MessageId(id),
-                    Outgoing {
-                        subject,
-                        headers,
-                        payload,
-                    },
-                )
+                (MessageId(id), Outgoing { subject, headers, payload })
             })
             .collect();
         let mut outbox = Vec::new();
+        let mut inbox = InboxRows::default();
         for (command, p) in commands.iter().zip(pending.iter_mut()) {
             let Some(command) = command else {
                 continue;
@@ -265,39 +276,42 @@ impl<H: Handler> CommandLoop<H> {
                 outbox.push(OutboxMessage::new(reply.clone()));
                 continue;
             }
-            let mut savepoint = tx.begin().await?;
-            match self.handler.handle(&mut savepoint, command).await {
+            let handled = if careful {
+                let mut savepoint = tx.begin().await?;
+                let handled = self.handler.handle(&mut savepoint, command).await;
+                if handled.is_ok() {
+                    savepoint.commit().await?;
+                } else {
+                    savepoint.rollback().await?;
+                }
+                handled
+            } else {
+                let handled = self.handler.handle(&mut tx, command).await;
+                if handled.is_err() {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                handled
+            };
+            match handled {
                 Ok(handled) => {
                     let (reply, events) = self.outgoing(command, handled);
-                    sqlx::query(
-                        "INSERT INTO inbox (message_id, reply_subject, reply_headers, reply_payload) \
-                         VALUES ($1, $2, $3, $4)",
-                    )
-                    .bind(command.message_id.0)
-                    .bind(&reply.subject)
-                    .bind(serde_json::to_value(&reply.headers).unwrap_or_default())
-                    .bind(&reply.payload)
-                    .execute(&mut *savepoint)
-                    .await?;
-                    savepoint.commit().await?;
+                    inbox.push(command.message_id, &reply);
                     outbox.push(OutboxMessage::new(reply.clone()));
                     outbox.extend(events.into_iter().map(OutboxMessage::new));
                     seen.insert(command.message_id, reply);
                 }
                 Err(HandlerError::Retryable(reason)) => {
-                    savepoint.rollback().await?;
                     tracing::warn!(saga_id = %command.saga_id, step = %command.step, %reason, "command will be retried");
                     p.verdict = Verdict::Retry(reason);
                 }
-                Err(HandlerError::Fatal(reason)) => {
-                    savepoint.rollback().await?;
-                    p.verdict = Verdict::Park(reason);
-                }
+                Err(HandlerError::Fatal(reason)) => p.verdict = Verdict::Park(reason),
             }
         }
+        inbox.insert(&mut tx).await?;
         outbox::insert(&mut tx, &outbox).await?;
         tx.commit().await?;
-        Ok(outbox)
+        Ok(Some(outbox))
     }
 
     fn outgoing(&self, command: &Envelope<Command>, handled: Handled) -> (Outgoing, Vec<Outgoing>) {
@@ -321,6 +335,41 @@ impl<H: Handler> CommandLoop<H> {
             })
             .collect();
         (reply, events)
+    }
+}
+
+/// Inbox rows of a batch, written with one statement.
+#[derive(Default)]
+struct InboxRows {
+    ids: Vec<Uuid>,
+    subjects: Vec<String>,
+    headers: Vec<serde_json::Value>,
+    payloads: Vec<Vec<u8>>,
+}
+
+impl InboxRows {
+    fn push(&mut self, id: MessageId, reply: &Outgoing) {
+        self.ids.push(id.0);
+        self.subjects.push(reply.subject.clone());
+        self.headers.push(serde_json::to_value(&reply.headers).unwrap_or_default());
+        self.payloads.push(reply.payload.clone());
+    }
+
+    async fn insert(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO inbox (message_id, reply_subject, reply_headers, reply_payload) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::bytea[])",
+        )
+        .bind(&self.ids)
+        .bind(&self.subjects)
+        .bind(&self.headers)
+        .bind(&self.payloads)
+        .execute(conn)
+        .await?;
+        Ok(())
     }
 }
 
