@@ -427,7 +427,8 @@ impl Batch {
             if let Some(before) = before {
                 b.saga_id.push(id);
                 b.saga_state.push(change.after.state.as_str());
-                b.saga_context.push(Value::Object(change.after.context.clone()));
+                b.saga_context
+                    .push(Value::Object(change.after.context.clone()));
                 b.saga_version.push(before.version);
                 b.saga_updated.push(change.after.updated_at);
             }
@@ -472,13 +473,21 @@ impl Batch {
 async fn write(conn: &mut PgConnection, changes: &[Change]) -> Result<usize, StoreError> {
     let b = Batch::of(changes);
     let outbox_ids: Vec<Uuid> = b.outbox.iter().map(|m| m.id).collect();
-    let outbox_subjects: Vec<&str> = b.outbox.iter().map(|m| m.outgoing.subject.as_str()).collect();
+    let outbox_subjects: Vec<&str> = b
+        .outbox
+        .iter()
+        .map(|m| m.outgoing.subject.as_str())
+        .collect();
     let outbox_headers: Vec<Value> = b
         .outbox
         .iter()
         .map(|m| serde_json::to_value(&m.outgoing.headers).unwrap_or_default())
         .collect();
-    let outbox_payloads: Vec<&[u8]> = b.outbox.iter().map(|m| m.outgoing.payload.as_slice()).collect();
+    let outbox_payloads: Vec<&[u8]> = b
+        .outbox
+        .iter()
+        .map(|m| m.outgoing.payload.as_slice())
+        .collect();
     let written: i64 = sqlx::query_scalar(
         "WITH cleared AS (DELETE FROM timers WHERE saga_id = ANY($1::uuid[])), \
          armed AS (INSERT INTO timers (saga_id, kind, step_index, phase, attempt, due_at) \

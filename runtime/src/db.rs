@@ -38,7 +38,11 @@ pub async fn connect(
             )))
             .await?;
     }
-    let options = base.options([("search_path", schema)]);
+    let options = base.options([
+        ("search_path", schema),
+        // Batch statements bind arrays: a custom plan per execution costs more than it saves.
+        ("plan_cache_mode", "force_generic_plan"),
+    ]);
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))

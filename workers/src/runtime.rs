@@ -262,7 +262,14 @@ impl<H: Handler> CommandLoop<H> {
             .into_iter()
             .map(|(id, subject, headers, payload)| {
                 let headers = serde_json::from_value(headers).unwrap_or_default();
-                (MessageId(id), Outgoing { subject, headers, payload })
+                (
+                    MessageId(id),
+                    Outgoing {
+                        subject,
+                        headers,
+                        payload,
+                    },
+                )
             })
             .collect();
         let mut outbox = Vec::new();
@@ -351,7 +358,8 @@ impl InboxRows {
     fn push(&mut self, id: MessageId, reply: &Outgoing) {
         self.ids.push(id.0);
         self.subjects.push(reply.subject.clone());
-        self.headers.push(serde_json::to_value(&reply.headers).unwrap_or_default());
+        self.headers
+            .push(serde_json::to_value(&reply.headers).unwrap_or_default());
         self.payloads.push(reply.payload.clone());
     }
 

@@ -56,9 +56,14 @@ pub struct StandIn {
     inner: Arc<Mutex<Inner>>,
 }
 
+/// The most recent calls kept for inspection; older ones are forgotten (a long benchmark run
+/// must not grow the stand-in without bound).
+const KEPT_MESSAGES: usize = 100_000;
+
 #[derive(Default)]
 struct Inner {
     messages: Vec<ReceivedMessage>,
+    received: u64,
     faults: VecDeque<QueuedFault>,
     blocked: HashSet<String>,
     next_message_id: HashMap<String, i64>,
@@ -188,7 +193,11 @@ impl StandIn {
             Ok((_, id)) => (StatusCode::OK, Some(*id)),
             Err(e) => (e.status, None),
         };
-        let seq = inner.messages.len() as u64 + 1;
+        inner.received += 1;
+        let seq = inner.received;
+        if inner.messages.len() >= KEPT_MESSAGES {
+            inner.messages.drain(..KEPT_MESSAGES / 10);
+        }
         inner.messages.push(ReceivedMessage {
             seq,
             received_at,
