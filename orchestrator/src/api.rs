@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::engine::Engine;
-use crate::machine::{CompensationState, Saga, SagaState};
+use crate::machine::{CompensationState, Ignored, Input, Saga, SagaState};
 use crate::store::{KeyedSaga, ListFilter};
 
 /// What the handlers share.
@@ -31,6 +31,8 @@ pub struct ApiState {
     pub engine: Engine,
     /// For look-ups of referenced entities.
     pub nats: async_nats::Client,
+    /// For the dead-letter stream.
+    pub js: async_nats::jetstream::Context,
     /// Subjects.
     pub topology: Topology,
 }
@@ -40,6 +42,12 @@ pub fn router(state: ApiState) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(start_saga, list_sagas))
         .routes(routes!(get_saga))
+        .routes(routes!(cancel_saga))
+        .routes(routes!(retry_saga))
+        .routes(routes!(cancel_sagas))
+        .routes(routes!(retry_sagas))
+        .routes(routes!(crate::dead_letters::list_dead_letters))
+        .routes(routes!(crate::dead_letters::replay_dead_letter))
         .with_state(state)
 }
 
@@ -65,8 +73,10 @@ pub struct SagaView {
     pub saga_type: String,
     /// The definition version it runs.
     pub definition_version: u32,
-    /// `running`, `compensating`, `completed`, `compensated` or `failed`.
+    /// `running`, `compensating`, `completed`, `compensated`, `failed` or `cancelled`.
     pub state: String,
+    /// Why it stopped going forward early: `cancelled` or `deadline_exceeded`.
+    pub stop_reason: Option<String>,
     /// What it was started with.
     #[schema(value_type = Object)]
     pub input: Map<String, Value>,
@@ -155,6 +165,7 @@ impl From<Saga> for SagaView {
             saga_type: saga.saga_type,
             definition_version: saga.definition_version,
             state: saga.state.as_str().to_owned(),
+            stop_reason: saga.stop.map(|r| text(&r)),
             input: saga.input,
             context: saga.context,
             steps: saga
@@ -395,6 +406,14 @@ pub struct ListQuery {
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub saga_type: Option<String>,
+    /// Only sagas of this customer.
+    pub customer_id: Option<String>,
+    /// Only sagas of this mission.
+    pub mission_id: Option<String>,
+    /// Only sagas created at or after this time (RFC 3339).
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only sagas created before this time (RFC 3339).
+    pub created_before: Option<DateTime<Utc>>,
     /// Page size, 1 to 500 (default 50).
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
@@ -443,12 +462,7 @@ async fn list_sagas(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<axum::Json<SagaPage>, ApiError> {
     let bad = |detail: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", detail);
-    let saga_state = match query.state.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(SagaState::parse(s).ok_or_else(|| {
-            bad(format!("state must be one of running, compensating, completed, compensated, failed; got {s:?}"))
-        })?),
-    };
+    let saga_state = parse_state(query.state.as_deref())?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(bad(format!("limit must be 1 to 500; got {limit}")));
@@ -462,6 +476,10 @@ async fn list_sagas(
     let filter = ListFilter {
         state: saga_state,
         saga_type: query.saga_type.filter(|t| !t.is_empty()),
+        customer_id: query.customer_id.filter(|t| !t.is_empty()),
+        mission_id: query.mission_id.filter(|t| !t.is_empty()),
+        created_after: query.created_after,
+        created_before: query.created_before,
         limit: limit + 1,
         after,
     };
@@ -480,6 +498,216 @@ async fn list_sagas(
         None
     };
     Ok(axum::Json(SagaPage { items, next_cursor }))
+}
+
+fn parse_state(state: Option<&str>) -> Result<Option<SagaState>, ApiError> {
+    match state {
+        None | Some("") => Ok(None),
+        Some(s) => SagaState::parse(s).map(Some).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!(
+                    "state must be one of running, compensating, completed, compensated, failed, cancelled; got {s:?}"
+                ),
+            )
+        }),
+    }
+}
+
+/// The stable code and message of a refused operator command.
+fn refusal(ignored: Ignored) -> ApiError {
+    let code = match ignored {
+        Ignored::Terminal(_) => "saga_terminal",
+        Ignored::AlreadyCompensating => "saga_compensating",
+        Ignored::PastPivot => "saga_past_pivot",
+        Ignored::NotFailed => "saga_not_failed",
+        Ignored::AlreadyStarted | Ignored::Stale | Ignored::Mismatch => "saga_conflict",
+    };
+    ApiError::conflict(code, ignored.to_string())
+}
+
+async fn operate(state: &ApiState, id: &str, input: Input) -> Result<Response, ApiError> {
+    let not_found = || ApiError::not_found("saga_not_found", format!("no saga {id}"));
+    let saga_id: SagaId = id.parse().map_err(|_| not_found())?;
+    match state
+        .engine
+        .command(saga_id, &input)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+    {
+        Ok(Some(saga)) => {
+            tracing::info!(saga_id = %saga.id, ?input, "operator command applied");
+            Ok((StatusCode::ACCEPTED, axum::Json(SagaView::from(saga))).into_response())
+        }
+        Ok(None) => Err(not_found()),
+        Err(ignored) => Err(refusal(ignored)),
+    }
+}
+
+/// Cancel a running saga: it compensates what it did (after the step in flight answers) and
+/// ends `cancelled`.
+#[utoipa::path(
+    post,
+    path = "/v1/sagas/{id}/cancel",
+    params(("id" = String, Path, description = "The saga's id")),
+    responses(
+        (status = 202, description = "Cancelling", body = SagaView),
+        (status = 404, description = "No such saga", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Terminal, already compensating, or past its pivot", body = Problem, content_type = "application/problem+json"),
+    ),
+    tag = "operators"
+)]
+async fn cancel_saga(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    operate(&state, &id, Input::Cancel).await
+}
+
+/// Retry a `failed` saga: the compensation that could not finish, or the step parked after
+/// its retries, runs again with a fresh retry budget.
+#[utoipa::path(
+    post,
+    path = "/v1/sagas/{id}/retry",
+    params(("id" = String, Path, description = "The saga's id")),
+    responses(
+        (status = 202, description = "Resumed", body = SagaView),
+        (status = 404, description = "No such saga", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The saga is not failed", body = Problem, content_type = "application/problem+json"),
+    ),
+    tag = "operators"
+)]
+async fn retry_saga(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    operate(&state, &id, Input::Retry).await
+}
+
+/// Which sagas a bulk command applies to.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SagaFilter {
+    /// Only sagas in this state (default: `running` for cancel, `failed` for retry).
+    pub state: Option<String>,
+    /// Only sagas of this type.
+    #[serde(rename = "type")]
+    pub saga_type: Option<String>,
+    /// Only sagas of this customer.
+    pub customer_id: Option<String>,
+    /// Only sagas of this mission.
+    pub mission_id: Option<String>,
+    /// Only sagas created at or after this time.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only sagas created before this time.
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+/// What a bulk command did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct BulkOutcome {
+    /// Sagas the filter matched.
+    pub matched: usize,
+    /// Sagas the command changed.
+    pub affected: usize,
+    /// Sagas that refused it, by code (`saga_past_pivot`, ...).
+    pub refused: BTreeMap<String, usize>,
+}
+
+async fn operate_many(
+    state: &ApiState,
+    filter: SagaFilter,
+    input: Input,
+    default_state: SagaState,
+) -> Result<axum::Json<BulkOutcome>, ApiError> {
+    let saga_state = parse_state(filter.state.as_deref())?.unwrap_or(default_state);
+    let mut list = ListFilter {
+        state: Some(saga_state),
+        saga_type: filter.saga_type,
+        customer_id: filter.customer_id,
+        mission_id: filter.mission_id,
+        created_after: filter.created_after,
+        created_before: filter.created_before,
+        limit: 500,
+        after: None,
+    };
+    let mut outcome = BulkOutcome::default();
+    loop {
+        let page = state
+            .engine
+            .store()
+            .list(&list)
+            .await
+            .map_err(|e| ApiError::internal(&e))?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        list.after = Some((last.created_at, last.id.0));
+        let ids: Vec<SagaId> = page.iter().map(|s| s.id).collect();
+        outcome.matched += ids.len();
+        for (_, result) in state
+            .engine
+            .command_many(&ids, &input)
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+        {
+            match result {
+                Ok(_) => outcome.affected += 1,
+                Err(ignored) => {
+                    *outcome
+                        .refused
+                        .entry(refusal(ignored).code.to_owned())
+                        .or_default() += 1
+                }
+            }
+        }
+    }
+    tracing::info!(
+        ?input,
+        matched = outcome.matched,
+        affected = outcome.affected,
+        "bulk operator command"
+    );
+    Ok(axum::Json(outcome))
+}
+
+/// Cancel every saga the filter matches (by default every `running` one).
+#[utoipa::path(
+    post,
+    path = "/v1/sagas/cancel",
+    request_body = SagaFilter,
+    responses(
+        (status = 200, description = "How many were matched and cancelled", body = BulkOutcome),
+        (status = 400, description = "A bad state", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad filter", body = Problem, content_type = "application/problem+json"),
+    ),
+    tag = "operators"
+)]
+async fn cancel_sagas(
+    State(state): State<ApiState>,
+    ApiJson(filter): ApiJson<SagaFilter>,
+) -> Result<axum::Json<BulkOutcome>, ApiError> {
+    operate_many(&state, filter, Input::Cancel, SagaState::Running).await
+}
+
+/// Retry every saga the filter matches (by default every `failed` one).
+#[utoipa::path(
+    post,
+    path = "/v1/sagas/retry",
+    request_body = SagaFilter,
+    responses(
+        (status = 200, description = "How many were matched and resumed", body = BulkOutcome),
+        (status = 400, description = "A bad state", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad filter", body = Problem, content_type = "application/problem+json"),
+    ),
+    tag = "operators"
+)]
+async fn retry_sagas(
+    State(state): State<ApiState>,
+    ApiJson(filter): ApiJson<SagaFilter>,
+) -> Result<axum::Json<BulkOutcome>, ApiError> {
+    operate_many(&state, filter, Input::Retry, SagaState::Failed).await
 }
 
 #[cfg(test)]
@@ -508,6 +736,7 @@ mod tests {
             state: "running".into(),
             input: Map::new(),
             context: Map::new(),
+            stop_reason: None,
             steps: vec![],
             compensations: vec![],
             created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).expect("time"),

@@ -72,8 +72,15 @@ pub struct Orchestrator {
 
 impl Orchestrator {
     /// Connects to PostgreSQL (migrating its schema) and NATS (creating the streams and its
-    /// consumer).
+    /// consumer), with the built-in saga definitions.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let registry = Registry::builtin(&config.policies);
+        Self::build_with(config, registry).await
+    }
+
+    /// Like [`Orchestrator::build`], with the given saga definitions (a deployment that adds a
+    /// new version keeps the old ones, so running sagas finish as they started).
+    pub async fn build_with(config: Config, registry: Registry) -> anyhow::Result<Self> {
         let pool = runtime::db::connect(
             &config.infra.database_url,
             &config.orchestrator_schema,
@@ -88,7 +95,7 @@ impl Orchestrator {
         let js = jetstream::new(nats.clone());
         let topology = Topology::new(&config.infra.nats_prefix);
         runtime::jetstream::ensure_streams(&js, &topology, config.infra.nats_replicas).await?;
-        let registry = Arc::new(Registry::builtin(&config.policies));
+        let registry = Arc::new(registry);
         let publisher = Publisher::new(pool.clone(), js.clone());
         let engine = Engine::new(
             Store::new(pool.clone()),
@@ -99,6 +106,7 @@ impl Orchestrator {
         let readiness = Readiness::new(pool, js.clone(), topology.stream(Stream::Replies));
         let api = ApiState {
             engine: engine.clone(),
+            js: js.clone(),
             nats,
             topology: topology.clone(),
         };
@@ -228,6 +236,7 @@ async fn handle_replies(
     if replies.is_empty() {
         return;
     }
+    tracing::debug!(replies = replies.len(), "reply batch");
     match engine.apply_replies(&replies).await {
         Ok(outcomes) => {
             for ((message, reply), outcome) in decoded.iter().zip(&replies).zip(outcomes) {

@@ -100,6 +100,8 @@ pub struct SagaDefinition {
     pub compensation_retry: RetryPolicy,
     /// Timeout of a compensation command.
     pub compensation_timeout: Duration,
+    /// Past this, a saga that has not passed its pivot compensates.
+    pub deadline: Option<Duration>,
     /// Input fields: name and whether it must be a uuid.
     pub input_fields: &'static [(&'static str, InputKind)],
     /// Input fields that must name existing entities.
@@ -180,6 +182,10 @@ pub struct Policies {
     /// whole HTTP call so that a slow send is not raced by its own re-send.
     #[serde(with = "millis")]
     pub telegram_timeout: Duration,
+    /// The whole-saga deadline: a saga still before its pivot this long after it started
+    /// compensates.
+    #[serde(with = "millis")]
+    pub deadline: Duration,
 }
 
 impl Default for Policies {
@@ -205,6 +211,7 @@ impl Default for Policies {
             },
             step_timeout: Duration::from_secs(10),
             telegram_timeout: Duration::from_secs(20),
+            deadline: Duration::from_secs(300),
         }
     }
 }
@@ -249,6 +256,7 @@ pub fn mission_reward(policies: &Policies) -> SagaDefinition {
         ],
         compensation_retry: policies.compensation,
         compensation_timeout: policies.step_timeout,
+        deadline: Some(policies.deadline),
         input_fields: &[("mission_id", InputKind::Uuid)],
         references: vec![InputReference {
             field: "mission_id",

@@ -13,7 +13,7 @@ use runtime::outbox::{OutboxMessage, Publisher};
 use serde_json::Value;
 
 use crate::definition::{Registry, SagaDefinition};
-use crate::machine::{Effect, Input, Saga, transition};
+use crate::machine::{Effect, Ignored, Input, Saga, transition};
 use crate::store::{self, Change, Store, StoreError, Stored, TimerChange};
 
 /// How often a batch is retried after a version conflict or deadlock.
@@ -86,7 +86,7 @@ impl Engine {
         effects: Vec<Effect>,
         trace: &BTreeMap<String, String>,
     ) -> Result<Change, serde_json::Error> {
-        let mut timer = TimerChange::Keep;
+        let mut timer = TimerChange::default();
         let mut outbox = Vec::new();
         for effect in effects {
             match effect {
@@ -106,8 +106,8 @@ impl Engine {
                     let subject = self.topology.command_subject(command.action);
                     outbox.push(OutboxMessage::new(encode(subject, &envelope)?));
                 }
-                Effect::SetTimer { timer: t, after } => timer = TimerChange::Set(t, after),
-                Effect::ClearTimer => timer = TimerChange::Clear,
+                Effect::SetTimer { timer: t, after } => timer.arm(t, after),
+                Effect::ClearTimer => timer.clear(),
                 Effect::Finished(state) => {
                     let event = DomainEvent::SagaFinished(SagaFinishedV1 {
                         saga_id: after.id,
@@ -262,37 +262,129 @@ impl Engine {
         }
         let ids: Vec<SagaId> = due.iter().map(|(id, _)| *id).collect();
         let loaded = store::load_many(&mut tx, &ids).await?;
-        Store::delete_timers(&mut tx, &ids).await?;
+        Store::delete_timers(&mut tx, &due).await?;
         let now = Utc::now();
-        let mut changes = Vec::new();
+        let mut current: HashMap<SagaId, (Saga, Vec<Effect>)> = HashMap::new();
         for (id, timer) in &due {
             let Some(stored) = loaded.get(id) else {
                 continue;
             };
-            let Some(definition) = self.definition(&stored.saga) else {
+            let entry = current
+                .entry(*id)
+                .or_insert_with(|| (stored.saga.clone(), Vec::new()));
+            let Some(definition) = self.definition(&entry.0) else {
                 tracing::error!(saga_id = %id, "timer of a saga without definition dropped");
                 continue;
             };
-            match transition(definition, &stored.saga, &Input::TimerFired(*timer), now) {
+            match transition(definition, &entry.0, &Input::TimerFired(*timer), now) {
                 Ok(next) => {
                     tracing::debug!(saga_id = %id, ?timer, "timer fired");
-                    let change = self
-                        .change(
-                            Some(stored.clone()),
-                            next.saga,
-                            next.effects,
-                            &BTreeMap::new(),
-                        )
-                        .map_err(|e| StoreError::Corrupt(id.0, e.to_string()))?;
-                    changes.push(change);
+                    entry.0 = next.saga;
+                    entry.1.extend(next.effects);
                 }
                 Err(ignored) => tracing::debug!(saga_id = %id, %ignored, "stale timer dropped"),
             }
+        }
+        let mut changes = Vec::new();
+        for (id, (saga, effects)) in current {
+            let before = loaded.get(&id).cloned();
+            if before.as_ref().is_some_and(|b| b.saga == saga) {
+                continue;
+            }
+            let change = self
+                .change(before, saga, effects, &BTreeMap::new())
+                .map_err(|e| StoreError::Corrupt(id.0, e.to_string()))?;
+            changes.push(change);
         }
         store::apply(&mut tx, &changes).await?;
         tx.commit().await?;
         let outbox = changes.into_iter().flat_map(|c| c.outbox).collect();
         Ok((due.len(), outbox))
+    }
+
+    /// Applies an operator's input (cancel, retry) to one saga. `Ok(Err(_))` says why the saga
+    /// refused it; `Ok(Ok(None))` that there is no such saga.
+    pub async fn command(
+        &self,
+        id: SagaId,
+        input: &Input,
+    ) -> Result<Result<Option<Saga>, Ignored>, StoreError> {
+        let mut outcomes = self.command_many(&[id], input).await?;
+        Ok(outcomes
+            .pop()
+            .map_or(Ok(None), |(_, outcome)| outcome.map(Some)))
+    }
+
+    /// Applies an operator's input to many sagas, one transaction per chunk of 200 (retried on
+    /// conflicts), and publishes what they sent. Returns each found saga's outcome.
+    pub async fn command_many(
+        &self,
+        ids: &[SagaId],
+        input: &Input,
+    ) -> Result<Vec<(SagaId, Result<Saga, Ignored>)>, StoreError> {
+        let mut outcomes = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(200) {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match self.try_command(chunk, input).await {
+                    Ok((chunk_outcomes, outbox)) => {
+                        if let Err(error) = self.publisher.publish(&outbox).await {
+                            tracing::warn!(%error, "publishing after commit failed; the relay will retry");
+                        }
+                        outcomes.extend(chunk_outcomes);
+                        break;
+                    }
+                    Err(error) if error.is_transient() && attempt < TRANSIENT_RETRIES => {}
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    #[allow(clippy::type_complexity, reason = "a private pair of results")]
+    async fn try_command(
+        &self,
+        ids: &[SagaId],
+        input: &Input,
+    ) -> Result<(Vec<(SagaId, Result<Saga, Ignored>)>, Vec<OutboxMessage>), StoreError> {
+        let mut tx = self.store.begin().await?;
+        let loaded = store::load_many(&mut tx, ids).await?;
+        let now = Utc::now();
+        let mut outcomes = Vec::with_capacity(ids.len());
+        let mut changes = Vec::new();
+        for id in ids {
+            let Some(stored) = loaded.get(id) else {
+                continue;
+            };
+            let Some(definition) = self.definition(&stored.saga) else {
+                outcomes.push((*id, Err(Ignored::Mismatch)));
+                continue;
+            };
+            match transition(definition, &stored.saga, input, now) {
+                Ok(next) => {
+                    let saga = next.saga.clone();
+                    if saga != stored.saga {
+                        let change = self
+                            .change(
+                                Some(stored.clone()),
+                                next.saga,
+                                next.effects,
+                                &BTreeMap::new(),
+                            )
+                            .map_err(|e| StoreError::Corrupt(id.0, e.to_string()))?;
+                        changes.push(change);
+                    }
+                    outcomes.push((*id, Ok(saga)));
+                }
+                Err(ignored) => outcomes.push((*id, Err(ignored))),
+            }
+        }
+        store::apply(&mut tx, &changes).await?;
+        tx.commit().await?;
+        let outbox = changes.into_iter().flat_map(|c| c.outbox).collect();
+        Ok((outcomes, outbox))
     }
 
     /// Creates and starts a saga; with an idempotency key already used, returns the saga it

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod app;
+pub mod dead_letters;
 pub mod definition;
 pub mod engine;
 pub mod machine;

@@ -26,23 +26,29 @@ pub enum SagaState {
     /// Parked for an operator: a compensation could not finish, or a step that must not be
     /// skipped failed after the pivot.
     Failed,
+    /// An operator cancelled it; every completed compensable step was undone.
+    Cancelled,
 }
 
 impl SagaState {
     /// Every state.
-    pub const ALL: [SagaState; 5] = [
+    pub const ALL: [SagaState; 6] = [
         SagaState::Running,
         SagaState::Compensating,
         SagaState::Completed,
         SagaState::Compensated,
         SagaState::Failed,
+        SagaState::Cancelled,
     ];
 
     /// Whether nothing more happens to the saga without an operator.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            SagaState::Completed | SagaState::Compensated | SagaState::Failed
+            SagaState::Completed
+                | SagaState::Compensated
+                | SagaState::Failed
+                | SagaState::Cancelled
         )
     }
 
@@ -54,6 +60,7 @@ impl SagaState {
             SagaState::Completed => "completed",
             SagaState::Compensated => "compensated",
             SagaState::Failed => "failed",
+            SagaState::Cancelled => "cancelled",
         }
     }
 
@@ -112,6 +119,9 @@ pub struct StepRecord {
     pub finished_at: Option<DateTime<Utc>>,
     /// The last failure, if any.
     pub last_error: Option<String>,
+    /// `attempts` when an operator last retried it: the retry budget counts from here.
+    #[serde(default)]
+    pub retry_base: u32,
 }
 
 /// A compensation, recorded when its step succeeded.
@@ -133,6 +143,19 @@ pub struct CompensationRecord {
     pub finished_at: Option<DateTime<Utc>>,
     /// The last failure, if any.
     pub last_error: Option<String>,
+    /// `attempts` when an operator last retried it: the retry budget counts from here.
+    #[serde(default)]
+    pub retry_base: u32,
+}
+
+/// Why a saga stops going forward before its last step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// An operator cancelled it: it ends `cancelled`.
+    Cancelled,
+    /// Its whole-saga deadline passed: it ends `compensated`.
+    DeadlineExceeded,
 }
 
 /// A saga instance: everything the machine needs to decide what comes next.
@@ -154,6 +177,10 @@ pub struct Saga {
     pub steps: Vec<StepRecord>,
     /// Compensations, in the order they were recorded.
     pub compensations: Vec<CompensationRecord>,
+    /// Set when it was asked to stop going forward (cancel, deadline); it compensates as soon
+    /// as no step is in flight.
+    #[serde(default)]
+    pub stop: Option<StopReason>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -185,9 +212,11 @@ impl Saga {
                     started_at: None,
                     finished_at: None,
                     last_error: None,
+                    retry_base: 0,
                 })
                 .collect(),
             compensations: Vec::new(),
+            stop: None,
             created_at: now,
             updated_at: now,
         }
@@ -242,6 +271,19 @@ pub enum TimerKind {
     StepTimeout,
     /// The backoff after a retryable failure is over: send the next attempt.
     Backoff,
+    /// The whole saga's deadline passed: a saga before its pivot compensates.
+    Deadline,
+}
+
+impl TimerKind {
+    /// The timer's slot: a saga has at most one step timer (timeout or backoff) and one
+    /// deadline armed at a time.
+    pub fn slot(self) -> &'static str {
+        match self {
+            TimerKind::StepTimeout | TimerKind::Backoff => "step",
+            TimerKind::Deadline => "deadline",
+        }
+    }
 }
 
 /// A timer of one saga: at most one is armed at a time.
@@ -275,6 +317,10 @@ pub enum Input {
     },
     /// A timer fell due.
     TimerFired(Timer),
+    /// An operator cancels the saga: it compensates what it did and ends `cancelled`.
+    Cancel,
+    /// An operator resumes a `failed` saga where it stopped.
+    Retry,
 }
 
 /// A command to send, fully built.
@@ -299,14 +345,14 @@ pub struct CommandSpec {
 pub enum Effect {
     /// Publish a command (through the outbox).
     Send(CommandSpec),
-    /// Arm the saga's timer (replacing any armed one).
+    /// Arm a timer (replacing the one armed in its slot).
     SetTimer {
         /// The timer.
         timer: Timer,
         /// Due this long after now.
         after: Duration,
     },
-    /// Disarm the saga's timer.
+    /// Disarm every timer of the saga.
     ClearTimer,
     /// The saga reached a terminal state: announce it.
     Finished(SagaState),
@@ -337,6 +383,15 @@ pub enum Ignored {
     /// The saga's definition does not match it (a step index past its end).
     #[error("the saga does not fit its definition")]
     Mismatch,
+    /// Cancel (or a deadline) after the pivot: what was done cannot be undone any more.
+    #[error("the saga is past its pivot: it can no longer be undone")]
+    PastPivot,
+    /// Cancel on a saga that is already undoing its steps.
+    #[error("the saga is already compensating")]
+    AlreadyCompensating,
+    /// Retry on a saga that is not `failed`.
+    #[error("only a failed saga can be retried")]
+    NotFailed,
 }
 
 /// Applies `input` to `saga` under `definition` at time `now`.
@@ -346,8 +401,11 @@ pub fn transition(
     input: &Input,
     now: DateTime<Utc>,
 ) -> Result<Transition, Ignored> {
-    if saga.state.is_terminal() {
-        return Err(Ignored::Terminal(saga.state));
+    match input {
+        Input::Retry if saga.state != SagaState::Failed => return Err(Ignored::NotFailed),
+        Input::Retry => {}
+        _ if saga.state.is_terminal() => return Err(Ignored::Terminal(saga.state)),
+        _ => {}
     }
     if saga.steps.len() != definition.steps.len() {
         return Err(Ignored::Mismatch);
@@ -364,6 +422,17 @@ pub fn transition(
                 && saga.steps.iter().all(|s| s.state == StepState::Pending);
             if !untouched {
                 return Err(Ignored::AlreadyStarted);
+            }
+            if let Some(deadline) = definition.deadline {
+                next.effects.push(Effect::SetTimer {
+                    timer: Timer {
+                        kind: TimerKind::Deadline,
+                        step_index: 0,
+                        phase: Phase::Forward,
+                        attempt: 0,
+                    },
+                    after: deadline,
+                });
             }
             if saga.steps.is_empty() {
                 next.finish(SagaState::Completed);
@@ -394,6 +463,12 @@ pub fn transition(
                 (Phase::Compensate, Reply::Failed(failure)) => next.compensation_failed(failure),
             }
         }
+        Input::TimerFired(Timer {
+            kind: TimerKind::Deadline,
+            ..
+        }) => next.stop(StopReason::DeadlineExceeded)?,
+        Input::Cancel => next.stop(StopReason::Cancelled)?,
+        Input::Retry => next.retry()?,
         Input::TimerFired(timer) => {
             let (current, waiting) = saga
                 .current_attempt(timer.step_index, timer.phase)
@@ -543,9 +618,98 @@ impl Machine<'_> {
                 started_at: None,
                 finished_at: None,
                 last_error: None,
+                retry_base: 0,
             });
         }
-        self.advance(step_index);
+        if self.saga.stop.is_some() {
+            self.begin_compensation();
+        } else {
+            self.advance(step_index);
+        }
+    }
+
+    fn begin_compensation(&mut self) {
+        self.saga.state = SagaState::Compensating;
+        self.compensate_next();
+    }
+
+    /// Whether a step after the last compensable one has started: from then on nothing can
+    /// be undone.
+    fn past_pivot(&self) -> bool {
+        let pivot = self
+            .definition
+            .steps
+            .iter()
+            .rposition(|s| s.compensation.is_some());
+        self.saga
+            .steps
+            .iter()
+            .enumerate()
+            .any(|(i, s)| pivot.is_none_or(|p| i > p) && s.state != StepState::Pending)
+    }
+
+    fn stop(&mut self, reason: StopReason) -> Result<(), Ignored> {
+        if self.saga.state == SagaState::Compensating {
+            return Err(Ignored::AlreadyCompensating);
+        }
+        if self.past_pivot() {
+            return Err(Ignored::PastPivot);
+        }
+        if self.saga.stop.is_some() {
+            return Ok(());
+        }
+        self.saga.stop = Some(reason);
+        let note = match reason {
+            StopReason::Cancelled => "cancelled by an operator",
+            StopReason::DeadlineExceeded => "the saga's deadline passed",
+        };
+        match self.saga.active_step() {
+            Some(active) if self.saga.steps[usize::from(active)].state == StepState::Running => {}
+            Some(active) => {
+                let step = &mut self.saga.steps[usize::from(active)];
+                step.state = StepState::Failed;
+                step.finished_at = Some(self.now);
+                step.last_error = Some(note.to_owned());
+                self.begin_compensation();
+            }
+            None => self.begin_compensation(),
+        }
+        Ok(())
+    }
+
+    fn retry(&mut self) -> Result<(), Ignored> {
+        if let Some(position) = self
+            .saga
+            .compensations
+            .iter()
+            .position(|c| c.state == CompensationState::Failed)
+        {
+            let c = &mut self.saga.compensations[position];
+            c.state = CompensationState::Running;
+            c.retry_base = c.attempts;
+            c.attempts += 1;
+            c.finished_at = None;
+            let (step_index, attempt) = (c.step_index, c.attempts);
+            self.saga.state = SagaState::Compensating;
+            self.send(step_index, Phase::Compensate, attempt);
+            return Ok(());
+        }
+        let parked = self.saga.steps.iter().enumerate().position(|(i, s)| {
+            s.state == StepState::Failed
+                && self.definition.steps[i].on_failure == FailurePolicy::Park
+        });
+        let Some(index) = parked else {
+            return Err(Ignored::NotFailed);
+        };
+        let step = &mut self.saga.steps[index];
+        step.state = StepState::Running;
+        step.retry_base = step.attempts;
+        step.attempts += 1;
+        step.finished_at = None;
+        let attempt = step.attempts;
+        self.saga.state = SagaState::Running;
+        self.send(index_u16(index), Phase::Forward, attempt);
+        Ok(())
     }
 
     fn advance(&mut self, after: u16) {
@@ -580,9 +744,12 @@ impl Machine<'_> {
             self.saga.context.insert(k.clone(), v.clone());
         }
         let definition = &self.definition.steps[usize::from(step_index)];
+        let stopping = self.saga.stop.is_some();
         let step = &mut self.saga.steps[usize::from(step_index)];
         step.last_error = Some(format!("{}: {}", failure.code, failure.message));
-        if let Some(wait) = Self::retry_or_give_up(&definition.retry, step.attempts, failure) {
+        let retry =
+            Self::retry_or_give_up(&definition.retry, step.attempts - step.retry_base, failure);
+        if let Some(wait) = retry.filter(|_| !stopping) {
             step.state = StepState::Retrying;
             let attempt = step.attempts;
             self.effects.push(Effect::SetTimer {
@@ -598,13 +765,14 @@ impl Machine<'_> {
         }
         step.state = StepState::Failed;
         step.finished_at = Some(self.now);
+        if stopping {
+            self.begin_compensation();
+            return;
+        }
         match definition.on_failure {
             FailurePolicy::Continue => self.advance(step_index),
             FailurePolicy::Park => self.finish(SagaState::Failed),
-            FailurePolicy::Compensate => {
-                self.saga.state = SagaState::Compensating;
-                self.compensate_next();
-            }
+            FailurePolicy::Compensate => self.begin_compensation(),
         }
     }
 
@@ -622,7 +790,11 @@ impl Machine<'_> {
             .iter()
             .rposition(|c| c.state == CompensationState::Recorded)
         else {
-            self.finish(SagaState::Compensated);
+            let end = match self.saga.stop {
+                Some(StopReason::Cancelled) => SagaState::Cancelled,
+                _ => SagaState::Compensated,
+            };
+            self.finish(end);
             return;
         };
         let c = &mut self.saga.compensations[position];
@@ -651,7 +823,7 @@ impl Machine<'_> {
         let policy = self.definition.compensation_retry;
         let c = &mut self.saga.compensations[active];
         c.last_error = Some(format!("{}: {}", failure.code, failure.message));
-        if let Some(wait) = Self::retry_or_give_up(&policy, c.attempts, failure) {
+        if let Some(wait) = Self::retry_or_give_up(&policy, c.attempts - c.retry_base, failure) {
             c.state = CompensationState::Retrying;
             let timer = Timer {
                 kind: TimerKind::Backoff,

@@ -23,15 +23,27 @@ pub struct Stored {
     pub version: i64,
 }
 
-/// What happens to a saga's timer.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum TimerChange {
-    /// Leave it as it is.
-    Keep,
-    /// Arm this timer, due after the duration (replacing any armed one).
-    Set(Timer, Duration),
-    /// Disarm it.
-    Clear,
+/// What happens to a saga's timers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TimerChange {
+    /// Disarm every timer of the saga (it ended).
+    pub clear_all: bool,
+    /// Arm these, each due after its duration, replacing what is armed in its slot.
+    pub set: Vec<(Timer, Duration)>,
+}
+
+impl TimerChange {
+    /// Arms `timer` after `after`, replacing an earlier word about its slot.
+    pub fn arm(&mut self, timer: Timer, after: Duration) {
+        self.set.retain(|(t, _)| t.kind.slot() != timer.kind.slot());
+        self.set.push((timer, after));
+    }
+
+    /// Disarms every timer, replacing earlier words.
+    pub fn clear(&mut self) {
+        self.clear_all = true;
+        self.set.clear();
+    }
 }
 
 /// One saga's change, ready to write.
@@ -41,7 +53,7 @@ pub struct Change {
     pub before: Option<Stored>,
     /// The saga after the transition(s).
     pub after: Saga,
-    /// Its timer.
+    /// Its timers.
     pub timer: TimerChange,
     /// Messages to publish.
     pub outbox: Vec<OutboxMessage>,
@@ -91,6 +103,14 @@ pub struct ListFilter {
     pub state: Option<SagaState>,
     /// Only sagas of this type.
     pub saga_type: Option<String>,
+    /// Only sagas of this customer.
+    pub customer_id: Option<String>,
+    /// Only sagas of this mission.
+    pub mission_id: Option<String>,
+    /// Only sagas created at or after this time.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only sagas created before this time.
+    pub created_before: Option<DateTime<Utc>>,
     /// Page size.
     pub limit: i64,
     /// Continue after this (created_at, id).
@@ -104,7 +124,7 @@ pub struct Store {
 }
 
 const SELECT_SAGAS: &str = "SELECT s.id, s.saga_type, s.definition_version, s.state::text AS state, \
-     s.input, s.context, s.version, s.created_at, s.updated_at, \
+     s.input, s.context, s.version, s.created_at, s.updated_at, s.stop_reason, \
      COALESCE((SELECT jsonb_agg(to_jsonb(st) ORDER BY st.step_index) FROM saga_steps st \
                WHERE st.saga_id = s.id), '[]') AS steps, \
      COALESCE((SELECT jsonb_agg(to_jsonb(c) ORDER BY c.step_index) FROM saga_compensations c \
@@ -122,6 +142,7 @@ struct SagaRow {
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    stop_reason: Option<String>,
     steps: Value,
     compensations: Value,
 }
@@ -145,6 +166,9 @@ impl SagaRow {
                 context: object(self.context),
                 steps,
                 compensations,
+                stop: self
+                    .stop_reason
+                    .and_then(|r| serde_json::from_value(Value::String(r)).ok()),
                 created_at: self.created_at,
                 updated_at: self.updated_at,
             },
@@ -211,6 +235,10 @@ impl Store {
             "{SELECT_SAGAS} WHERE ($1::text IS NULL OR s.state = $1::saga_state) \
              AND ($2::text IS NULL OR s.saga_type = $2) \
              AND ($3::timestamptz IS NULL OR (s.created_at, s.id) < ($3, $4)) \
+             AND ($6::text IS NULL OR s.context ->> 'customer_id' = $6) \
+             AND ($7::text IS NULL OR s.input ->> 'mission_id' = $7) \
+             AND ($8::timestamptz IS NULL OR s.created_at >= $8) \
+             AND ($9::timestamptz IS NULL OR s.created_at < $9) \
              ORDER BY s.created_at DESC, s.id DESC LIMIT $5"
         );
         let rows: Vec<SagaRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -219,6 +247,10 @@ impl Store {
             .bind(after_at)
             .bind(after_id)
             .bind(filter.limit)
+            .bind(filter.customer_id.as_deref())
+            .bind(filter.mission_id.as_deref())
+            .bind(filter.created_after)
+            .bind(filter.created_before)
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter()
@@ -313,12 +345,20 @@ impl Store {
     }
 
     /// Deletes fired timers (before their sagas' changes re-arm new ones).
-    pub async fn delete_timers(conn: &mut PgConnection, ids: &[SagaId]) -> Result<(), StoreError> {
-        let ids: Vec<Uuid> = ids.iter().map(|s| s.0).collect();
-        sqlx::query("DELETE FROM timers WHERE saga_id = ANY($1)")
-            .bind(&ids)
-            .execute(conn)
-            .await?;
+    pub async fn delete_timers(
+        conn: &mut PgConnection,
+        fired: &[(SagaId, Timer)],
+    ) -> Result<(), StoreError> {
+        let ids: Vec<Uuid> = fired.iter().map(|(s, _)| s.0).collect();
+        let slots: Vec<&str> = fired.iter().map(|(_, t)| t.kind.slot()).collect();
+        sqlx::query(
+            "DELETE FROM timers t USING UNNEST($1::uuid[], $2::text[]) AS f(id, slot) \
+             WHERE t.saga_id = f.id AND t.slot = f.slot",
+        )
+        .bind(&ids)
+        .bind(&slots)
+        .execute(conn)
+        .await?;
         Ok(())
     }
 
@@ -370,6 +410,7 @@ pub async fn apply(conn: &mut PgConnection, changes: &[Change]) -> Result<(), St
 struct Batch {
     cleared: Vec<Uuid>,
     timer_saga: Vec<Uuid>,
+    timer_slot: Vec<&'static str>,
     timer_kind: Vec<String>,
     timer_step: Vec<i16>,
     timer_phase: Vec<&'static str>,
@@ -378,6 +419,7 @@ struct Batch {
     saga_id: Vec<Uuid>,
     saga_state: Vec<&'static str>,
     saga_context: Vec<Value>,
+    saga_stop: Vec<Option<String>>,
     saga_version: Vec<i64>,
     saga_updated: Vec<DateTime<Utc>>,
     steps: StepColumns,
@@ -396,6 +438,7 @@ struct StepColumns {
     finished: Vec<Option<DateTime<Utc>>>,
     error: Vec<Option<String>>,
     run_order: Vec<Option<i32>>,
+    retry_base: Vec<i32>,
 }
 
 fn small(value: u16) -> i16 {
@@ -411,17 +454,17 @@ impl Batch {
         let mut b = Batch::default();
         for change in changes {
             let id = change.after.id.0;
-            match change.timer {
-                TimerChange::Keep => {}
-                TimerChange::Clear => b.cleared.push(id),
-                TimerChange::Set(timer, wait) => {
-                    b.timer_saga.push(id);
-                    b.timer_kind.push(text(&timer.kind));
-                    b.timer_step.push(small(timer.step_index));
-                    b.timer_phase.push(timer.phase.as_str());
-                    b.timer_attempt.push(int(timer.attempt));
-                    b.timer_after.push(wait.as_secs_f64());
-                }
+            if change.timer.clear_all && change.timer.set.is_empty() {
+                b.cleared.push(id);
+            }
+            for (timer, wait) in change.timer.set.iter().copied() {
+                b.timer_saga.push(id);
+                b.timer_slot.push(timer.kind.slot());
+                b.timer_kind.push(text(&timer.kind));
+                b.timer_step.push(small(timer.step_index));
+                b.timer_phase.push(timer.phase.as_str());
+                b.timer_attempt.push(int(timer.attempt));
+                b.timer_after.push(wait.as_secs_f64());
             }
             let before = change.before.as_ref();
             if let Some(before) = before {
@@ -429,6 +472,7 @@ impl Batch {
                 b.saga_state.push(change.after.state.as_str());
                 b.saga_context
                     .push(Value::Object(change.after.context.clone()));
+                b.saga_stop.push(change.after.stop.map(|r| text(&r)));
                 b.saga_version.push(before.version);
                 b.saga_updated.push(change.after.updated_at);
             }
@@ -446,6 +490,7 @@ impl Batch {
                 s.started.push(step.started_at);
                 s.finished.push(step.finished_at);
                 s.error.push(step.last_error.clone());
+                s.retry_base.push(int(step.retry_base));
             }
             for c in &change.after.compensations {
                 if before.is_some_and(|b| b.compensations.contains(c)) {
@@ -461,6 +506,7 @@ impl Batch {
                 s.finished.push(c.finished_at);
                 s.error.push(c.last_error.clone());
                 s.run_order.push(c.run_order.map(int));
+                s.retry_base.push(int(c.retry_base));
             }
             b.outbox.extend(change.outbox.iter().cloned());
         }
@@ -490,39 +536,42 @@ async fn write(conn: &mut PgConnection, changes: &[Change]) -> Result<usize, Sto
         .collect();
     let written: i64 = sqlx::query_scalar(
         "WITH cleared AS (DELETE FROM timers WHERE saga_id = ANY($1::uuid[])), \
-         armed AS (INSERT INTO timers (saga_id, kind, step_index, phase, attempt, due_at) \
-             SELECT id, kind, step, phase, attempt, now() + make_interval(secs => wait) \
-             FROM UNNEST($2::uuid[], $3::text[], $4::int2[], $5::text[], $6::int4[], $7::float8[]) \
-                  AS t(id, kind, step, phase, attempt, wait) \
-             ON CONFLICT (saga_id) DO UPDATE SET kind = excluded.kind, \
+         armed AS (INSERT INTO timers (saga_id, slot, kind, step_index, phase, attempt, due_at) \
+             SELECT id, slot, kind, step, phase, attempt, now() + make_interval(secs => wait) \
+             FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int2[], $6::text[], $7::int4[], \
+                         $8::float8[]) AS t(id, slot, kind, step, phase, attempt, wait) \
+             ON CONFLICT (saga_id, slot) DO UPDATE SET kind = excluded.kind, \
                 step_index = excluded.step_index, phase = excluded.phase, \
                 attempt = excluded.attempt, due_at = excluded.due_at), \
          moved AS (UPDATE sagas s SET state = u.state::saga_state, context = u.context, \
-                version = s.version + 1, updated_at = u.updated_at \
-             FROM UNNEST($8::uuid[], $9::text[], $10::jsonb[], $11::int8[], $12::timestamptz[]) \
-                  AS u(id, state, context, version, updated_at) \
+                stop_reason = u.stop, version = s.version + 1, updated_at = u.updated_at \
+             FROM UNNEST($9::uuid[], $10::text[], $11::jsonb[], $12::text[], $13::int8[], \
+                         $14::timestamptz[]) AS u(id, state, context, stop, version, updated_at) \
              WHERE s.id = u.id AND s.version = u.version RETURNING s.id), \
          steps AS (INSERT INTO saga_steps (saga_id, step_index, name, state, attempts, \
-                started_at, finished_at, last_error) \
-             SELECT * FROM UNNEST($13::uuid[], $14::int2[], $15::text[], $16::text[], $17::int4[], \
-                                  $18::timestamptz[], $19::timestamptz[], $20::text[]) \
-             ON CONFLICT (saga_id, step_index) DO UPDATE SET state = excluded.state, \
-                attempts = excluded.attempts, started_at = excluded.started_at, \
-                finished_at = excluded.finished_at, last_error = excluded.last_error), \
-         comps AS (INSERT INTO saga_compensations (saga_id, step_index, name, state, attempts, \
-                started_at, finished_at, last_error, run_order) \
-             SELECT * FROM UNNEST($21::uuid[], $22::int2[], $23::text[], $24::text[], $25::int4[], \
-                                  $26::timestamptz[], $27::timestamptz[], $28::text[], $29::int4[]) \
+                started_at, finished_at, last_error, retry_base) \
+             SELECT * FROM UNNEST($15::uuid[], $16::int2[], $17::text[], $18::text[], $19::int4[], \
+                                  $20::timestamptz[], $21::timestamptz[], $22::text[], $23::int4[]) \
              ON CONFLICT (saga_id, step_index) DO UPDATE SET state = excluded.state, \
                 attempts = excluded.attempts, started_at = excluded.started_at, \
                 finished_at = excluded.finished_at, last_error = excluded.last_error, \
-                run_order = excluded.run_order), \
+                retry_base = excluded.retry_base), \
+         comps AS (INSERT INTO saga_compensations (saga_id, step_index, name, state, attempts, \
+                started_at, finished_at, last_error, run_order, retry_base) \
+             SELECT * FROM UNNEST($24::uuid[], $25::int2[], $26::text[], $27::text[], $28::int4[], \
+                                  $29::timestamptz[], $30::timestamptz[], $31::text[], $32::int4[], \
+                                  $33::int4[]) \
+             ON CONFLICT (saga_id, step_index) DO UPDATE SET state = excluded.state, \
+                attempts = excluded.attempts, started_at = excluded.started_at, \
+                finished_at = excluded.finished_at, last_error = excluded.last_error, \
+                run_order = excluded.run_order, retry_base = excluded.retry_base), \
          queued AS (INSERT INTO outbox (id, subject, headers, payload) \
-             SELECT * FROM UNNEST($30::uuid[], $31::text[], $32::jsonb[], $33::bytea[])) \
+             SELECT * FROM UNNEST($34::uuid[], $35::text[], $36::jsonb[], $37::bytea[])) \
          SELECT count(*) FROM moved",
     )
     .bind(&b.cleared)
     .bind(&b.timer_saga)
+    .bind(&b.timer_slot)
     .bind(&b.timer_kind)
     .bind(&b.timer_step)
     .bind(&b.timer_phase)
@@ -531,6 +580,7 @@ async fn write(conn: &mut PgConnection, changes: &[Change]) -> Result<usize, Sto
     .bind(&b.saga_id)
     .bind(&b.saga_state)
     .bind(&b.saga_context)
+    .bind(&b.saga_stop)
     .bind(&b.saga_version)
     .bind(&b.saga_updated)
     .bind(&b.steps.saga)
@@ -541,6 +591,7 @@ async fn write(conn: &mut PgConnection, changes: &[Change]) -> Result<usize, Sto
     .bind(&b.steps.started)
     .bind(&b.steps.finished)
     .bind(&b.steps.error)
+    .bind(&b.steps.retry_base)
     .bind(&b.comps.saga)
     .bind(&b.comps.index)
     .bind(&b.comps.name)
@@ -550,6 +601,7 @@ async fn write(conn: &mut PgConnection, changes: &[Change]) -> Result<usize, Sto
     .bind(&b.comps.finished)
     .bind(&b.comps.error)
     .bind(&b.comps.run_order)
+    .bind(&b.comps.retry_base)
     .bind(&outbox_ids)
     .bind(&outbox_subjects)
     .bind(&outbox_headers)

@@ -1,6 +1,7 @@
 //! Integration tests of the saga state machine (`saga_orchestrator::machine`): a table of every
-//! (state, input) pair, the behaviours of the `mission_reward` definition, and property tests
-//! that drive random worker behaviour through the machine's own effects to a terminal state.
+//! (state, input) pair, the behaviours of the `mission_reward` definition (operator cancel and
+//! retry, the whole-saga deadline included), and property tests that drive random worker and
+//! operator behaviour through the machine's own effects to a terminal state.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -21,7 +22,7 @@ use saga_orchestrator::definition::{
 };
 use saga_orchestrator::machine::{
     CommandSpec, CompensationRecord, CompensationState, Effect, Ignored, Input, Saga, SagaState,
-    StepState, Timer, TimerKind, Transition, transition,
+    StepState, StopReason, Timer, TimerKind, Transition, transition,
 };
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -75,6 +76,7 @@ fn tight_policies() -> Policies {
         },
         step_timeout: Duration::from_secs(1),
         telegram_timeout: Duration::from_secs(2),
+        deadline: Duration::from_secs(60),
     }
 }
 
@@ -119,9 +121,33 @@ fn ms(millis: u64) -> Duration {
     Duration::from_millis(millis)
 }
 
+/// The deadline timer `Start` arms.
+fn deadline_timer() -> Timer {
+    Timer {
+        kind: TimerKind::Deadline,
+        step_index: 0,
+        phase: Phase::Forward,
+        attempt: 0,
+    }
+}
+
+/// The index of the last compensable step: once a step after it has started, nothing can be
+/// undone any more.
+fn pivot(def: &SagaDefinition) -> Option<usize> {
+    def.steps.iter().rposition(|s| s.compensation.is_some())
+}
+
+fn past_pivot(def: &SagaDefinition, saga: &Saga) -> bool {
+    let pivot = pivot(def);
+    saga.steps
+        .iter()
+        .enumerate()
+        .any(|(i, s)| pivot.is_none_or(|p| i > p) && s.state != StepState::Pending)
+}
+
 // ---------------------------------------------------------------------------------------------
 // A tiny world around the machine: it applies inputs, checks the effects, and remembers the
-// command in flight and the armed timer, exactly as the store would.
+// command in flight and the armed timers (one per slot), exactly as the store would.
 // ---------------------------------------------------------------------------------------------
 
 struct World<'d> {
@@ -129,7 +155,10 @@ struct World<'d> {
     saga: Saga,
     now: DateTime<Utc>,
     in_flight: Option<CommandSpec>,
+    /// The timer of the "step" slot (timeout or backoff).
     armed: Option<(Timer, Duration)>,
+    /// The timer of the "deadline" slot.
+    deadline: Option<(Timer, Duration)>,
     sent: Vec<CommandSpec>,
 }
 
@@ -143,6 +172,7 @@ impl<'d> World<'d> {
             now: t0(),
             in_flight: None,
             armed: None,
+            deadline: None,
             sent: Vec::new(),
         }
     }
@@ -152,23 +182,43 @@ impl<'d> World<'d> {
         let result = transition(self.def, &self.saga, input, self.now);
         let again = transition(self.def, &self.saga, input, self.now);
         assert_eq!(result, again, "transition must be a pure function");
+        if matches!(
+            input,
+            Input::TimerFired(Timer {
+                kind: TimerKind::Deadline,
+                ..
+            })
+        ) {
+            // A timer that fell due is gone, whatever the machine made of it.
+            self.deadline = None;
+        }
         let Transition { saga, effects } = result?;
-        check_effects(self.def, &saga, &effects, self.now);
+        check_effects(self.def, input, &saga, &effects, self.now);
         for effect in &effects {
             match effect {
                 Effect::Send(command) => {
                     self.in_flight = Some(command.clone());
                     self.sent.push(command.clone());
                 }
-                Effect::SetTimer { timer, after } => self.armed = Some((*timer, *after)),
-                Effect::ClearTimer => self.armed = None,
+                Effect::SetTimer { timer, after } => match timer.kind.slot() {
+                    "deadline" => self.deadline = Some((*timer, *after)),
+                    slot => {
+                        assert_eq!(slot, "step");
+                        self.armed = Some((*timer, *after));
+                    }
+                },
+                Effect::ClearTimer => {
+                    self.armed = None;
+                    self.deadline = None;
+                }
                 Effect::Finished(_) => {}
             }
         }
         self.saga = saga;
         check_structure(self.def, &self.saga);
         if self.saga.state.is_terminal() {
-            assert_eq!(self.armed, None, "a terminal saga keeps no timer");
+            assert_eq!(self.armed, None, "a terminal saga keeps no step timer");
+            assert_eq!(self.deadline, None, "a terminal saga keeps no deadline");
         } else {
             // A live saga always has exactly the timer that moves it on armed: otherwise it hangs.
             let focus = focus(&self.saga).expect("a live, started saga has something in flight");
@@ -231,6 +281,12 @@ impl<'d> World<'d> {
         self.apply(&Input::TimerFired(timer))
     }
 
+    /// Fires the armed deadline.
+    fn try_fire_deadline(&mut self) -> Result<Vec<Effect>, Ignored> {
+        let (timer, _) = self.deadline.expect("the deadline is armed");
+        self.try_apply(&Input::TimerFired(timer))
+    }
+
     fn step_states(&self) -> Vec<StepState> {
         self.saga.steps.iter().map(|s| s.state).collect()
     }
@@ -244,22 +300,53 @@ impl<'d> World<'d> {
     }
 }
 
-/// Checks what every accepted transition must satisfy, whatever the input.
-fn check_effects(def: &SagaDefinition, saga: &Saga, effects: &[Effect], now: DateTime<Utc>) {
+/// Checks what every accepted transition must satisfy, given its input.
+fn check_effects(
+    def: &SagaDefinition,
+    input: &Input,
+    saga: &Saga,
+    effects: &[Effect],
+    now: DateTime<Utc>,
+) {
     assert_eq!(saga.updated_at, now, "an accepted input touches updated_at");
     let sends = effects
         .iter()
         .filter(|e| matches!(e, Effect::Send(_)))
         .count();
-    let timers = effects
+    let step_timers = effects
         .iter()
-        .filter(|e| matches!(e, Effect::SetTimer { .. }))
+        .filter(|e| matches!(e, Effect::SetTimer { timer, .. } if timer.kind.slot() == "step"))
         .count();
     assert!(
         sends <= 1,
         "at most one command per transition: {effects:?}"
     );
-    assert!(timers <= 1, "at most one timer per transition: {effects:?}");
+    assert!(
+        step_timers <= 1,
+        "at most one step timer per transition: {effects:?}"
+    );
+    // Only Start arms the deadline, first, exactly as the definition says.
+    let deadlines: Vec<&Effect> = effects
+        .iter()
+        .filter(
+            |e| matches!(e, Effect::SetTimer { timer, .. } if timer.kind == TimerKind::Deadline),
+        )
+        .collect();
+    let expected_deadline = match (input, def.deadline) {
+        (Input::Start, Some(after)) => Some(Effect::SetTimer {
+            timer: deadline_timer(),
+            after,
+        }),
+        _ => None,
+    };
+    assert_eq!(
+        deadlines,
+        expected_deadline.iter().collect::<Vec<_>>(),
+        "{input:?}: {effects:?}"
+    );
+    if expected_deadline.is_some() {
+        assert_eq!(effects.first(), expected_deadline.as_ref());
+    }
     for (i, effect) in effects.iter().enumerate() {
         match effect {
             Effect::Send(command) => {
@@ -305,10 +392,24 @@ fn check_effects(def: &SagaDefinition, saga: &Saga, effects: &[Effect], now: Dat
     let finished = effects.iter().any(|e| matches!(e, Effect::Finished(_)));
     assert_eq!(finished, saga.state.is_terminal(), "{effects:?}");
     if !saga.state.is_terminal() {
-        assert_eq!(
-            timers, 1,
-            "a live saga's transition arms a timer: {effects:?}"
+        let stop_request = matches!(
+            input,
+            Input::Cancel
+                | Input::TimerFired(Timer {
+                    kind: TimerKind::Deadline,
+                    ..
+                })
         );
+        if stop_request && saga.state == SagaState::Running {
+            // The step in flight keeps its command and timeout: the saga waits for its reply.
+            assert!(effects.is_empty(), "{input:?}: {effects:?}");
+            assert!(saga.stop.is_some());
+        } else {
+            assert_eq!(
+                step_timers, 1,
+                "a live saga's transition arms a step timer: {effects:?}"
+            );
+        }
     }
 }
 
@@ -355,6 +456,14 @@ fn check_structure(def: &SagaDefinition, saga: &Saga) {
         SagaState::Running => {
             assert_eq!(active_steps, usize::from(started), "{saga:#?}");
             assert_eq!(active_compensations, 0, "{saga:#?}");
+            if saga.stop.is_some() {
+                // Stopping: only a step whose command is out keeps the saga running; it is
+                // never put back to wait for a retry.
+                assert!(
+                    saga.steps.iter().any(|s| s.state == StepState::Running),
+                    "{saga:#?}"
+                );
+            }
         }
         SagaState::Compensating => {
             assert_eq!(active_steps, 0, "{saga:#?}");
@@ -364,6 +473,16 @@ fn check_structure(def: &SagaDefinition, saga: &Saga) {
             assert_eq!(active_steps, 0, "{saga:#?}");
             assert_eq!(active_compensations, 0, "{saga:#?}");
         }
+    }
+    // Why it stopped fits how it ended; a stopped saga never went past its pivot.
+    match saga.state {
+        SagaState::Completed => assert_eq!(saga.stop, None, "{saga:#?}"),
+        SagaState::Cancelled => assert_eq!(saga.stop, Some(StopReason::Cancelled), "{saga:#?}"),
+        SagaState::Compensated => assert_ne!(saga.stop, Some(StopReason::Cancelled), "{saga:#?}"),
+        SagaState::Running | SagaState::Compensating | SagaState::Failed => {}
+    }
+    if saga.stop.is_some() {
+        assert!(!past_pivot(def, saga), "{saga:#?}");
     }
     // One compensation per compensable step that succeeded, each recorded once.
     let compensable: BTreeSet<u16> = saga
@@ -390,7 +509,11 @@ fn check_structure(def: &SagaDefinition, saga: &Saga) {
             c.state == CompensationState::Succeeded,
             "{saga:#?}"
         );
-        assert!(c.attempts <= def.compensation_retry.max_attempts);
+        assert!(c.retry_base <= c.attempts, "{saga:#?}");
+        assert!(
+            c.attempts - c.retry_base <= def.compensation_retry.max_attempts,
+            "{saga:#?}"
+        );
         assert_eq!(
             c.run_order.is_some(),
             c.state != CompensationState::Recorded
@@ -411,8 +534,9 @@ fn check_structure(def: &SagaDefinition, saga: &Saga) {
         "compensations run in reverse step order: {saga:#?}"
     );
     for (i, step) in saga.steps.iter().enumerate() {
+        assert!(step.retry_base <= step.attempts, "{saga:#?}");
         assert!(
-            step.attempts <= def.steps[i].retry.max_attempts,
+            step.attempts - step.retry_base <= def.steps[i].retry.max_attempts,
             "{saga:#?}"
         );
     }
@@ -494,6 +618,10 @@ enum Given {
     RunningStepRunning,
     /// Running; step 1 Retrying after attempt 2 failed (waiting for the backoff).
     RunningStepRetrying,
+    /// `RunningStepRunning`, then cancelled: the saga waits for step 1's reply.
+    RunningStopRequested,
+    /// Running past the pivot; step 3 (`notification.send`) Running at attempt 2.
+    RunningPastPivot,
     /// Compensating after step 2 failed for good; `reward.revoke` Running at attempt 2.
     CompensatingRunning,
     /// Compensating; `reward.revoke` Retrying after attempt 2 failed.
@@ -504,23 +632,36 @@ enum Given {
     Compensated,
     /// Step 4 (`mission.record_message`, policy park) failed for good.
     Failed,
+    /// `CompensatingRunning`, then `reward.revoke` failed for good: parked.
+    FailedInCompensation,
+    /// `RunningStopRequested`, then step 1 succeeded and steps 1 and 0 were undone.
+    Cancelled,
 }
 
 impl Given {
-    const ALL: [Given; 7] = [
+    const ALL: [Given; 11] = [
         Given::RunningStepRunning,
         Given::RunningStepRetrying,
+        Given::RunningStopRequested,
+        Given::RunningPastPivot,
         Given::CompensatingRunning,
         Given::CompensatingRetrying,
         Given::Completed,
         Given::Compensated,
         Given::Failed,
+        Given::FailedInCompensation,
+        Given::Cancelled,
     ];
 
     fn world(self, def: &SagaDefinition) -> World<'_> {
         let mut w = match self {
-            Given::RunningStepRetrying => Given::RunningStepRunning.world(def),
-            Given::CompensatingRetrying => Given::CompensatingRunning.world(def),
+            Given::RunningStepRetrying | Given::RunningStopRequested => {
+                Given::RunningStepRunning.world(def)
+            }
+            Given::CompensatingRetrying | Given::FailedInCompensation => {
+                Given::CompensatingRunning.world(def)
+            }
+            Given::Cancelled => Given::RunningStopRequested.world(def),
             _ => {
                 let mut w = World::new(def);
                 w.start();
@@ -535,6 +676,16 @@ impl Given {
             }
             Given::RunningStepRetrying | Given::CompensatingRetrying => {
                 w.fail(retryable());
+            }
+            Given::RunningStopRequested => {
+                w.apply(&Input::Cancel);
+            }
+            Given::RunningPastPivot => {
+                for _ in 0..3 {
+                    w.succeed();
+                }
+                w.fail(retryable());
+                w.fire();
             }
             Given::CompensatingRunning => {
                 w.succeed();
@@ -559,6 +710,15 @@ impl Given {
                 }
                 w.fail(permanent());
             }
+            Given::FailedInCompensation => {
+                w.fail(permanent());
+            }
+            Given::Cancelled => {
+                // reward.grant's reply, then reward.revoke and mission.reopen.
+                for _ in 0..3 {
+                    w.succeed();
+                }
+            }
         }
         w
     }
@@ -567,15 +727,22 @@ impl Given {
         let saga = self.world(def).saga;
         let focus = focus(&saga);
         let expected = match self {
-            Given::RunningStepRunning => Some((SagaState::Running, 1, Phase::Forward, 2, false)),
+            Given::RunningStepRunning | Given::RunningStopRequested => {
+                Some((SagaState::Running, 1, Phase::Forward, 2, false))
+            }
             Given::RunningStepRetrying => Some((SagaState::Running, 1, Phase::Forward, 2, true)),
+            Given::RunningPastPivot => Some((SagaState::Running, 3, Phase::Forward, 2, false)),
             Given::CompensatingRunning => {
                 Some((SagaState::Compensating, 1, Phase::Compensate, 2, false))
             }
             Given::CompensatingRetrying => {
                 Some((SagaState::Compensating, 1, Phase::Compensate, 2, true))
             }
-            Given::Completed | Given::Compensated | Given::Failed => None,
+            Given::Completed
+            | Given::Compensated
+            | Given::Failed
+            | Given::FailedInCompensation
+            | Given::Cancelled => None,
         };
         match expected {
             Some((state, step_index, phase, attempt, waiting)) => {
@@ -595,11 +762,17 @@ impl Given {
                 let state = match self {
                     Given::Completed => SagaState::Completed,
                     Given::Compensated => SagaState::Compensated,
+                    Given::Cancelled => SagaState::Cancelled,
                     _ => SagaState::Failed,
                 };
                 assert_eq!(saga.state, state, "{self:?}");
             }
         }
+        let stop = match self {
+            Given::RunningStopRequested | Given::Cancelled => Some(StopReason::Cancelled),
+            _ => None,
+        };
+        assert_eq!(saga.stop, stop, "{self:?}");
         saga
     }
 }
@@ -624,10 +797,16 @@ enum Probe {
     TimerBackoff,
     /// The timer the current attempt would use, for the previous attempt.
     TimerStaleAttempt,
+    /// An operator cancels the saga.
+    Cancel,
+    /// An operator retries the saga.
+    Retry,
+    /// The deadline timer `Start` armed.
+    TimerDeadline,
 }
 
 impl Probe {
-    const ALL: [Probe; 9] = [
+    const ALL: [Probe; 12] = [
         Probe::Start,
         Probe::ReplySucceeded,
         Probe::ReplyRetryable,
@@ -637,6 +816,9 @@ impl Probe {
         Probe::TimerStepTimeout,
         Probe::TimerBackoff,
         Probe::TimerStaleAttempt,
+        Probe::Cancel,
+        Probe::Retry,
+        Probe::TimerDeadline,
     ];
 
     fn input(self, saga: &Saga) -> Input {
@@ -679,6 +861,9 @@ impl Probe {
                 };
                 timer(kind, previous)
             }
+            Probe::Cancel => Input::Cancel,
+            Probe::Retry => Input::Retry,
+            Probe::TimerDeadline => Input::TimerFired(deadline_timer()),
         }
     }
 }
@@ -687,21 +872,28 @@ impl Probe {
 #[derive(Clone, Debug, PartialEq)]
 struct Shape {
     state: SagaState,
-    /// (state, attempts) of each step.
-    steps: Vec<(StepState, u32)>,
-    /// (step index, state, attempts, run order) of each compensation, in recorded order.
-    compensations: Vec<(u16, CompensationState, u32, Option<u32>)>,
+    stop: Option<StopReason>,
+    /// (state, attempts, retry base) of each step.
+    steps: Vec<(StepState, u32, u32)>,
+    /// (step index, state, attempts, run order, retry base) of each compensation, in recorded
+    /// order.
+    compensations: Vec<(u16, CompensationState, u32, Option<u32>, u32)>,
 }
 
 impl Shape {
     fn of(saga: &Saga) -> Self {
         Self {
             state: saga.state,
-            steps: saga.steps.iter().map(|s| (s.state, s.attempts)).collect(),
+            stop: saga.stop,
+            steps: saga
+                .steps
+                .iter()
+                .map(|s| (s.state, s.attempts, s.retry_base))
+                .collect(),
             compensations: saga
                 .compensations
                 .iter()
-                .map(|c| (c.step_index, c.state, c.attempts, c.run_order))
+                .map(|c| (c.step_index, c.state, c.attempts, c.run_order, c.retry_base))
                 .collect(),
         }
     }
@@ -710,14 +902,27 @@ impl Shape {
         self.state = state;
         for change in changes {
             match *change {
-                Change::Step(i, state, attempts) => self.steps[usize::from(i)] = (state, attempts),
+                Change::Step(i, state, attempts) => {
+                    let step = &mut self.steps[usize::from(i)];
+                    (step.0, step.1) = (state, attempts);
+                }
+                Change::StepRetryBase(i, base) => self.steps[usize::from(i)].2 = base,
                 Change::Comp(i, state, attempts, run_order) => {
-                    let record = (i, state, attempts, run_order);
                     match self.compensations.iter_mut().find(|c| c.0 == i) {
-                        Some(existing) => *existing = record,
-                        None => self.compensations.push(record),
+                        Some(existing) => {
+                            (existing.1, existing.2, existing.3) = (state, attempts, run_order);
+                        }
+                        None => self.compensations.push((i, state, attempts, run_order, 0)),
                     }
                 }
+                Change::CompRetryBase(i, base) => {
+                    self.compensations
+                        .iter_mut()
+                        .find(|c| c.0 == i)
+                        .expect("the compensation is recorded")
+                        .4 = base;
+                }
+                Change::Stop(reason) => self.stop = Some(reason),
             }
         }
         self
@@ -729,9 +934,15 @@ impl Shape {
 enum Change {
     /// Step `index` is now in `state` after `attempts`.
     Step(u16, StepState, u32),
+    /// Step `index`'s retry budget now counts from `attempts` = the given base.
+    StepRetryBase(u16, u32),
     /// The compensation of step `index` is now (or newly recorded) in `state` after `attempts`,
     /// with `run_order`.
     Comp(u16, CompensationState, u32, Option<u32>),
+    /// The compensation of step `index`'s retry budget now counts from the given base.
+    CompRetryBase(u16, u32),
+    /// The saga was asked to stop.
+    Stop(StopReason),
 }
 
 /// An effect, with what the table cares about.
@@ -817,8 +1028,41 @@ fn table() -> Vec<Row> {
     let stale = || Expected::Ignored(Ignored::Stale);
     let started = || Expected::Ignored(Ignored::AlreadyStarted);
     let terminal = |state| Expected::Ignored(Ignored::Terminal(state));
+    let not_failed = || Expected::Ignored(Ignored::NotFailed);
+    let past_pivot = || Expected::Ignored(Ignored::PastPivot);
+    let compensating = || Expected::Ignored(Ignored::AlreadyCompensating);
     let step_timeout = Duration::from_secs(10);
+    let telegram_timeout = Duration::from_secs(20);
     let compensation_timeout = Duration::from_secs(10);
+    // A stop while step 1 waits for its backoff fails it now and undoes step 0.
+    let stop_while_retrying = |reason| {
+        applied(
+            SagaState::Compensating,
+            vec![
+                Change::Stop(reason),
+                Change::Step(1, S::Failed, 2),
+                Change::Comp(0, C::Running, 1, Some(1)),
+            ],
+            vec![
+                send(Action::ReopenMission, 0, Comp, 1),
+                timeout(0, Comp, 1, compensation_timeout),
+            ],
+        )
+    };
+    // The reply to step 1 after a stop was requested: whatever it says, compensation begins.
+    let failed_while_stopping = || {
+        applied(
+            SagaState::Compensating,
+            vec![
+                Change::Step(1, S::Failed, 2),
+                Change::Comp(0, C::Running, 1, Some(1)),
+            ],
+            vec![
+                send(Action::ReopenMission, 0, Comp, 1),
+                timeout(0, Comp, 1, compensation_timeout),
+            ],
+        )
+    };
 
     let mut rows = vec![
         // Running, step 1 (reward.grant) Running at attempt 2.
@@ -879,6 +1123,26 @@ fn table() -> Vec<Row> {
         ),
         row(G::RunningStepRunning, P::TimerBackoff, stale()),
         row(G::RunningStepRunning, P::TimerStaleAttempt, stale()),
+        // The step's command is out: the stop is noted and the saga waits for its reply.
+        row(
+            G::RunningStepRunning,
+            P::Cancel,
+            applied(
+                SagaState::Running,
+                vec![Change::Stop(StopReason::Cancelled)],
+                vec![],
+            ),
+        ),
+        row(G::RunningStepRunning, P::Retry, not_failed()),
+        row(
+            G::RunningStepRunning,
+            P::TimerDeadline,
+            applied(
+                SagaState::Running,
+                vec![Change::Stop(StopReason::DeadlineExceeded)],
+                vec![],
+            ),
+        ),
         // Running, step 1 Retrying after attempt 2 failed.
         row(G::RunningStepRetrying, P::Start, started()),
         row(G::RunningStepRetrying, P::ReplySucceeded, stale()),
@@ -900,6 +1164,132 @@ fn table() -> Vec<Row> {
             ),
         ),
         row(G::RunningStepRetrying, P::TimerStaleAttempt, stale()),
+        row(
+            G::RunningStepRetrying,
+            P::Cancel,
+            stop_while_retrying(StopReason::Cancelled),
+        ),
+        row(G::RunningStepRetrying, P::Retry, not_failed()),
+        row(
+            G::RunningStepRetrying,
+            P::TimerDeadline,
+            stop_while_retrying(StopReason::DeadlineExceeded),
+        ),
+        // Running at attempt 2 of step 1, cancelled: waiting for the reply.
+        row(G::RunningStopRequested, P::Start, started()),
+        row(
+            G::RunningStopRequested,
+            P::ReplySucceeded,
+            applied(
+                SagaState::Compensating,
+                vec![
+                    Change::Step(1, S::Succeeded, 2),
+                    Change::Comp(1, C::Running, 1, Some(1)),
+                ],
+                vec![
+                    send(Action::RevokeReward, 1, Comp, 1),
+                    timeout(1, Comp, 1, compensation_timeout),
+                ],
+            ),
+        ),
+        row(
+            G::RunningStopRequested,
+            P::ReplyRetryable,
+            failed_while_stopping(),
+        ),
+        row(
+            G::RunningStopRequested,
+            P::ReplyPermanent,
+            failed_while_stopping(),
+        ),
+        row(G::RunningStopRequested, P::ReplyStaleAttempt, stale()),
+        row(G::RunningStopRequested, P::ReplyWrongPhase, stale()),
+        row(
+            G::RunningStopRequested,
+            P::TimerStepTimeout,
+            applied(
+                SagaState::Running,
+                vec![],
+                vec![
+                    send(Action::GrantReward, 1, Fwd, 2),
+                    timeout(1, Fwd, 2, step_timeout),
+                ],
+            ),
+        ),
+        row(G::RunningStopRequested, P::TimerBackoff, stale()),
+        row(G::RunningStopRequested, P::TimerStaleAttempt, stale()),
+        // Asked again (or the deadline on top): nothing changes, it stays cancelled.
+        row(
+            G::RunningStopRequested,
+            P::Cancel,
+            applied(SagaState::Running, vec![], vec![]),
+        ),
+        row(G::RunningStopRequested, P::Retry, not_failed()),
+        row(
+            G::RunningStopRequested,
+            P::TimerDeadline,
+            applied(SagaState::Running, vec![], vec![]),
+        ),
+        // Running past the pivot: step 3 (notification.send) Running at attempt 2.
+        row(G::RunningPastPivot, P::Start, started()),
+        row(
+            G::RunningPastPivot,
+            P::ReplySucceeded,
+            applied(
+                SagaState::Running,
+                vec![
+                    Change::Step(3, S::Succeeded, 2),
+                    Change::Step(4, S::Running, 1),
+                ],
+                vec![
+                    send(Action::RecordMessage, 4, Fwd, 1),
+                    timeout(4, Fwd, 1, step_timeout),
+                ],
+            ),
+        ),
+        row(
+            G::RunningPastPivot,
+            P::ReplyRetryable,
+            applied(
+                SagaState::Running,
+                vec![Change::Step(3, S::Retrying, 2)],
+                vec![backoff(3, Fwd, 2, ms(400))],
+            ),
+        ),
+        row(
+            G::RunningPastPivot,
+            P::ReplyPermanent,
+            applied(
+                SagaState::Running,
+                vec![
+                    Change::Step(3, S::Failed, 2),
+                    Change::Step(4, S::Running, 1),
+                ],
+                vec![
+                    send(Action::RecordMessage, 4, Fwd, 1),
+                    timeout(4, Fwd, 1, step_timeout),
+                ],
+            ),
+        ),
+        row(G::RunningPastPivot, P::ReplyStaleAttempt, stale()),
+        row(G::RunningPastPivot, P::ReplyWrongPhase, stale()),
+        row(
+            G::RunningPastPivot,
+            P::TimerStepTimeout,
+            applied(
+                SagaState::Running,
+                vec![],
+                vec![
+                    send(Action::SendNotification, 3, Fwd, 2),
+                    timeout(3, Fwd, 2, telegram_timeout),
+                ],
+            ),
+        ),
+        row(G::RunningPastPivot, P::TimerBackoff, stale()),
+        row(G::RunningPastPivot, P::TimerStaleAttempt, stale()),
+        row(G::RunningPastPivot, P::Cancel, past_pivot()),
+        row(G::RunningPastPivot, P::Retry, not_failed()),
+        row(G::RunningPastPivot, P::TimerDeadline, past_pivot()),
         // Compensating, reward.revoke (of step 1) Running at attempt 2.
         row(G::CompensatingRunning, P::Start, started()),
         row(
@@ -952,6 +1342,9 @@ fn table() -> Vec<Row> {
         ),
         row(G::CompensatingRunning, P::TimerBackoff, stale()),
         row(G::CompensatingRunning, P::TimerStaleAttempt, stale()),
+        row(G::CompensatingRunning, P::Cancel, compensating()),
+        row(G::CompensatingRunning, P::Retry, not_failed()),
+        row(G::CompensatingRunning, P::TimerDeadline, compensating()),
         // Compensating, reward.revoke Retrying after attempt 2 failed.
         row(G::CompensatingRetrying, P::Start, started()),
         row(G::CompensatingRetrying, P::ReplySucceeded, stale()),
@@ -973,12 +1366,48 @@ fn table() -> Vec<Row> {
             ),
         ),
         row(G::CompensatingRetrying, P::TimerStaleAttempt, stale()),
+        row(G::CompensatingRetrying, P::Cancel, compensating()),
+        row(G::CompensatingRetrying, P::Retry, not_failed()),
+        row(G::CompensatingRetrying, P::TimerDeadline, compensating()),
+        // Retry resumes a failed saga where it stopped, with a fresh retry budget.
+        row(
+            G::Failed,
+            P::Retry,
+            applied(
+                SagaState::Running,
+                vec![Change::Step(4, S::Running, 2), Change::StepRetryBase(4, 1)],
+                vec![
+                    send(Action::RecordMessage, 4, Fwd, 2),
+                    timeout(4, Fwd, 2, step_timeout),
+                ],
+            ),
+        ),
+        row(
+            G::FailedInCompensation,
+            P::Retry,
+            applied(
+                SagaState::Compensating,
+                vec![
+                    Change::Comp(1, C::Running, 3, Some(1)),
+                    Change::CompRetryBase(1, 2),
+                ],
+                vec![
+                    send(Action::RevokeReward, 1, Comp, 3),
+                    timeout(1, Comp, 3, compensation_timeout),
+                ],
+            ),
+        ),
     ];
-    // Terminal states ignore everything.
+    // Other terminal states refuse Retry; terminal states ignore everything else.
+    for given in [G::Completed, G::Compensated, G::Cancelled] {
+        rows.push(row(given, P::Retry, not_failed()));
+    }
     for (given, state) in [
         (G::Completed, SagaState::Completed),
         (G::Compensated, SagaState::Compensated),
         (G::Failed, SagaState::Failed),
+        (G::FailedInCompensation, SagaState::Failed),
+        (G::Cancelled, SagaState::Cancelled),
     ] {
         rows.extend([
             row(given, P::Start, terminal(state)),
@@ -990,6 +1419,8 @@ fn table() -> Vec<Row> {
             row(given, P::TimerStepTimeout, terminal(state)),
             row(given, P::TimerBackoff, terminal(state)),
             row(given, P::TimerStaleAttempt, terminal(state)),
+            row(given, P::Cancel, terminal(state)),
+            row(given, P::TimerDeadline, terminal(state)),
         ]);
     }
     rows
@@ -1052,7 +1483,7 @@ fn every_state_and_input_pair_has_its_exact_outcome() {
                 },
                 Ok(t),
             ) => {
-                check_effects(&def, &t.saga, &t.effects, now);
+                check_effects(&def, &input, &t.saga, &t.effects, now);
                 check_structure(&def, &t.saga);
                 let want = Shape::of(&saga).with(*state, changes);
                 let got = Shape::of(&t.saga);
@@ -1121,9 +1552,23 @@ fn start_sends_the_first_step_once() {
     assert_eq!(
         effects.iter().map(Eff::of).collect::<Vec<_>>(),
         vec![
+            Eff::Timer(
+                TimerKind::Deadline,
+                0,
+                Phase::Forward,
+                0,
+                Duration::from_secs(300)
+            ),
             send(Action::CompleteMission, 0, Phase::Forward, 1),
             timeout(0, Phase::Forward, 1, Duration::from_secs(10)),
         ]
+    );
+    assert_eq!(TimerKind::Deadline.slot(), "deadline");
+    assert_eq!(TimerKind::StepTimeout.slot(), TimerKind::Backoff.slot());
+    assert_ne!(TimerKind::StepTimeout.slot(), TimerKind::Deadline.slot());
+    assert_eq!(
+        w.deadline,
+        Some((deadline_timer(), Duration::from_secs(300)))
     );
     assert_eq!(w.saga.steps[0].state, StepState::Running);
     assert_eq!(w.saga.steps[0].attempts, 1);
@@ -1135,6 +1580,19 @@ fn start_sends_the_first_step_once() {
         })
     );
     assert_eq!(w.try_apply(&Input::Start), Err(Ignored::AlreadyStarted));
+
+    // A definition without a deadline arms none.
+    let mut def = default_def();
+    def.deadline = None;
+    let mut w = World::new(&def);
+    assert_eq!(
+        w.start().iter().map(Eff::of).collect::<Vec<_>>(),
+        vec![
+            send(Action::CompleteMission, 0, Phase::Forward, 1),
+            timeout(0, Phase::Forward, 1, Duration::from_secs(10)),
+        ]
+    );
+    assert_eq!(w.deadline, None);
 }
 
 #[test]
@@ -1706,6 +2164,623 @@ fn step_output_is_merged_into_the_context_and_the_next_command() {
     );
 }
 
+/// The compensating actions sent, in order (re-sends and further attempts collapsed).
+fn compensation_order(w: &World<'_>) -> Vec<Action> {
+    let mut order: Vec<Action> = w
+        .sent
+        .iter()
+        .filter(|c| c.phase == Phase::Compensate)
+        .map(|c| c.action)
+        .collect();
+    order.dedup();
+    order
+}
+
+/// Everything but `updated_at` is as it was.
+fn assert_unchanged_but_touched(saga: &Saga, before: &Saga) {
+    let untouched = Saga {
+        updated_at: before.updated_at,
+        ..saga.clone()
+    };
+    assert_eq!(&untouched, before);
+}
+
+#[test]
+fn cancel_while_a_step_is_in_flight_waits_for_its_reply_then_undoes_and_ends_cancelled() {
+    let def = default_def();
+    let mut w = World::new(&def);
+    w.start();
+    w.succeed();
+    w.succeed();
+    let attach = w.command().clone();
+    assert_eq!(attach.action, Action::AttachReward);
+    let forward_sent = w.sent.len();
+
+    let effects = w.apply(&Input::Cancel);
+    assert_eq!(effects, vec![], "the command is out: wait for its reply");
+    assert_eq!(w.saga.state, SagaState::Running);
+    assert_eq!(w.saga.stop, Some(StopReason::Cancelled));
+    assert_eq!(w.saga.steps[2].state, StepState::Running);
+    assert_eq!(w.saga.steps[2].last_error, None);
+
+    // Asked again: nothing changes.
+    let before = w.saga.clone();
+    assert_eq!(w.apply(&Input::Cancel), vec![]);
+    assert_unchanged_but_touched(&w.saga, &before);
+
+    // Until the reply comes, the step is in flight: its timeout re-sends the same command.
+    let effects = w.fire();
+    assert_eq!(sends(&effects), vec![attach.clone()]);
+
+    // It succeeded: its compensation is recorded and undoing starts with it, in reverse order.
+    let effects = w.succeed();
+    assert_eq!(w.saga.state, SagaState::Compensating);
+    assert_eq!(w.saga.steps[2].state, StepState::Succeeded);
+    assert_eq!(
+        effects.iter().map(Eff::of).collect::<Vec<_>>(),
+        vec![
+            send(Action::DetachReward, 2, Phase::Compensate, 1),
+            timeout(2, Phase::Compensate, 1, Duration::from_secs(10)),
+        ]
+    );
+    assert_eq!(
+        parse(w.command()),
+        Command::DetachReward(DetachRewardV1 {
+            mission_id: mission_id(),
+            reward_id: reward_id(),
+        })
+    );
+    let before = w.saga.clone();
+    assert_eq!(
+        w.try_apply(&Input::Cancel),
+        Err(Ignored::AlreadyCompensating)
+    );
+    assert_eq!(w.saga, before);
+
+    w.succeed();
+    w.succeed();
+    let effects = w.succeed();
+    assert_eq!(
+        effects,
+        vec![Effect::ClearTimer, Effect::Finished(SagaState::Cancelled)]
+    );
+    assert_eq!(w.saga.state, SagaState::Cancelled);
+    assert_eq!(
+        w.step_states(),
+        vec![
+            StepState::Compensated,
+            StepState::Compensated,
+            StepState::Compensated,
+            StepState::Pending,
+            StepState::Pending,
+        ]
+    );
+    assert_eq!(
+        compensation_order(&w),
+        vec![
+            Action::DetachReward,
+            Action::RevokeReward,
+            Action::ReopenMission
+        ]
+    );
+    for (step_index, order) in [(2, 1), (1, 2), (0, 3)] {
+        let c = w.compensation(step_index);
+        assert_eq!(c.state, CompensationState::Succeeded);
+        assert_eq!(c.run_order, Some(order));
+    }
+    // After the cancel, the only forward command was the re-send of the one in flight.
+    assert!(
+        w.sent[forward_sent..]
+            .iter()
+            .filter(|c| c.phase == Phase::Forward)
+            .all(|c| *c == attach)
+    );
+
+    // Nothing more happens to it.
+    assert_eq!(
+        w.try_apply(&Input::Cancel),
+        Err(Ignored::Terminal(SagaState::Cancelled))
+    );
+    assert_eq!(
+        w.try_apply(&Input::TimerFired(deadline_timer())),
+        Err(Ignored::Terminal(SagaState::Cancelled))
+    );
+    assert_eq!(w.try_apply(&Input::Retry), Err(Ignored::NotFailed));
+    assert_eq!(
+        w.try_apply(&Input::Start),
+        Err(Ignored::Terminal(SagaState::Cancelled))
+    );
+}
+
+#[test]
+fn cancel_while_reward_grant_is_in_flight_still_revokes_the_reward_it_granted() {
+    let def = default_def();
+    let mut w = World::new(&def);
+    w.start();
+    w.succeed();
+    assert_eq!(w.command().action, Action::GrantReward);
+    assert_eq!(w.apply(&Input::Cancel), vec![]);
+
+    // The grant went through after all: the reward exists and must be revoked.
+    let effects = w.succeed();
+    assert_eq!(
+        sends(&effects).iter().map(parse).collect::<Vec<_>>(),
+        vec![Command::RevokeReward(RevokeRewardV1 {
+            reward_id: reward_id()
+        })]
+    );
+    assert_eq!(w.compensation(1).run_order, Some(1));
+    w.succeed();
+    let effects = w.succeed();
+    assert_eq!(
+        effects,
+        vec![Effect::ClearTimer, Effect::Finished(SagaState::Cancelled)]
+    );
+    assert_eq!(
+        compensation_order(&w),
+        vec![Action::RevokeReward, Action::ReopenMission]
+    );
+    assert!(
+        !w.sent
+            .iter()
+            .any(|c| c.phase == Phase::Forward && c.step_index > 1),
+        "nothing after the step in flight was started"
+    );
+}
+
+#[test]
+fn a_failure_of_the_step_in_flight_after_a_cancel_is_final_even_if_retryable() {
+    let def = default_def();
+    let mut w = World::new(&def);
+    w.start();
+    w.succeed();
+    w.apply(&Input::Cancel);
+    let effects = w.fail(retryable());
+    assert_eq!(
+        effects.iter().map(Eff::of).collect::<Vec<_>>(),
+        vec![
+            send(Action::ReopenMission, 0, Phase::Compensate, 1),
+            timeout(0, Phase::Compensate, 1, Duration::from_secs(10)),
+        ],
+        "no backoff: a cancelled saga does not try again"
+    );
+    assert_eq!(w.saga.steps[1].state, StepState::Failed);
+    assert_eq!(w.saga.steps[1].attempts, 1);
+    assert_eq!(
+        w.saga.steps[1].last_error.as_deref(),
+        Some("unavailable: the downstream is unavailable")
+    );
+    assert!(w.saga.steps[1].finished_at.is_some());
+    w.succeed();
+    assert_eq!(w.saga.state, SagaState::Cancelled);
+    assert_eq!(
+        w.step_states()[..2],
+        [StepState::Compensated, StepState::Failed]
+    );
+}
+
+#[test]
+fn cancel_while_a_step_waits_to_retry_undoes_at_once() {
+    let def = default_def();
+    let mut w = World::new(&def);
+    w.start();
+    w.succeed();
+    w.succeed();
+    w.fail(retryable());
+    assert_eq!(w.saga.steps[2].state, StepState::Retrying);
+    let (backoff_timer, _) = w.armed.expect("the backoff is armed");
+
+    let effects = w.apply(&Input::Cancel);
+    assert_eq!(
+        effects.iter().map(Eff::of).collect::<Vec<_>>(),
+        vec![
+            send(Action::RevokeReward, 1, Phase::Compensate, 1),
+            timeout(1, Phase::Compensate, 1, Duration::from_secs(10)),
+        ]
+    );
+    assert_eq!(w.saga.state, SagaState::Compensating);
+    assert_eq!(w.saga.stop, Some(StopReason::Cancelled));
+    let step = &w.saga.steps[2];
+    assert_eq!(step.state, StepState::Failed);
+    assert_eq!(step.attempts, 1);
+    assert_eq!(step.last_error.as_deref(), Some("cancelled by an operator"));
+    assert_eq!(step.finished_at, Some(w.now));
+
+    // The backoff that was armed is stale now.
+    assert_eq!(
+        w.try_apply(&Input::TimerFired(backoff_timer)),
+        Err(Ignored::Stale)
+    );
+    w.succeed();
+    let effects = w.succeed();
+    assert_eq!(
+        effects,
+        vec![Effect::ClearTimer, Effect::Finished(SagaState::Cancelled)]
+    );
+    assert_eq!(
+        compensation_order(&w),
+        vec![Action::RevokeReward, Action::ReopenMission]
+    );
+
+    // With nothing done yet, cancelling the first step's retry ends the saga at once.
+    let mut w = World::new(&def);
+    w.start();
+    w.fail(retryable());
+    let effects = w.apply(&Input::Cancel);
+    assert_eq!(
+        effects,
+        vec![Effect::ClearTimer, Effect::Finished(SagaState::Cancelled)]
+    );
+    assert_eq!(w.saga.steps[0].state, StepState::Failed);
+    assert!(w.sent.iter().all(|c| c.phase == Phase::Forward));
+}
+
+#[test]
+fn cancel_past_the_pivot_is_refused() {
+    let def = default_def();
+    let mut w = World::new(&def);
+    w.start();
+    for _ in 0..3 {
+        w.succeed();
+    }
+    assert_eq!(w.command().action, Action::SendNotification);
+    let before = w.saga.clone();
+    assert_eq!(w.try_apply(&Input::Cancel), Err(Ignored::PastPivot));
+    assert_eq!(w.saga, before);
+
+    // Still refused while the telegram step waits to retry and once the next step runs.
+    w.fail(retryable());
+    assert_eq!(w.try_apply(&Input::Cancel), Err(Ignored::PastPivot));
+    w.fire();
+    w.fail(permanent());
+    assert_eq!(w.command().action, Action::RecordMessage);
+    assert_eq!(w.try_apply(&Input::Cancel), Err(Ignored::PastPivot));
+    assert_eq!(w.saga.stop, None);
+
+    w.succeed();
+    assert_eq!(w.saga.state, SagaState::Completed);
+    assert!(w.sent.iter().all(|c| c.phase == Phase::Forward));
+}
+
+#[test]
+fn the_deadline_before_the_pivot_undoes_and_ends_compensated() {
+    let def = default_def();
+    let mut w = World::new(&def);
+    w.start();
+    w.succeed();
+    w.succeed();
+    let effects = w.try_fire_deadline().expect("the deadline is accepted");
+    assert_eq!(effects, vec![], "the command is out: wait for its reply");
+    assert_eq!(w.saga.stop, Some(StopReason::DeadlineExceeded));
+    assert_eq!(w.saga.state, SagaState::Running);
+
+    // A cancel on top changes nothing: the saga still ends as the deadline says.
+    let before = w.saga.clone();
+    assert_eq!(w.apply(&Input::Cancel), vec![]);
+    assert_unchanged_but_touched(&w.saga, &before);
+
+    w.succeed();
+    assert_eq!(w.saga.state, SagaState::Compensating);
+    w.succeed();
+    w.succeed();
+    let effects = w.succeed();
+    assert_eq!(
+        effects,
+        vec![Effect::ClearTimer, Effect::Finished(SagaState::Compensated)]
+    );
+    assert_eq!(w.saga.stop, Some(StopReason::DeadlineExceeded));
+    assert_eq!(
+        compensation_order(&w),
+        vec![
+            Action::DetachReward,
+            Action::RevokeReward,
+            Action::ReopenMission
+        ]
+    );
+
+    // A step waiting to retry when the deadline passes fails at once with the reason.
+    let mut w = World::new(&def);
+    w.start();
+    w.succeed();
+    w.fail(retryable());
+    let effects = w.try_fire_deadline().expect("the deadline is accepted");
+    assert_eq!(
+        effects.iter().map(Eff::of).collect::<Vec<_>>(),
+        vec![
+            send(Action::ReopenMission, 0, Phase::Compensate, 1),
+            timeout(0, Phase::Compensate, 1, Duration::from_secs(10)),
+        ]
+    );
+    assert_eq!(
+        w.saga.steps[1].last_error.as_deref(),
+        Some("the saga's deadline passed")
+    );
+    assert_eq!(w.saga.steps[1].state, StepState::Failed);
+    w.succeed();
+    assert_eq!(w.saga.state, SagaState::Compensated);
+    assert_eq!(w.saga.stop, Some(StopReason::DeadlineExceeded));
+
+    // A deadline while compensating after a failure is refused: it is undoing already.
+    let mut w = World::new(&def);
+    w.start();
+    w.succeed();
+    w.fail(permanent());
+    assert_eq!(w.try_fire_deadline(), Err(Ignored::AlreadyCompensating));
+    w.succeed();
+    assert_eq!(w.saga.state, SagaState::Compensated);
+    assert_eq!(w.saga.stop, None);
+}
+
+#[test]
+fn the_deadline_after_the_pivot_is_ignored() {
+    let def = default_def();
+    let mut w = World::new(&def);
+    w.start();
+    for _ in 0..3 {
+        w.succeed();
+    }
+    let before = w.saga.clone();
+    assert_eq!(w.try_fire_deadline(), Err(Ignored::PastPivot));
+    assert_eq!(w.saga, before);
+    w.succeed();
+    w.succeed();
+    assert_eq!(w.saga.state, SagaState::Completed);
+    assert_eq!(w.saga.stop, None);
+}
+
+#[test]
+fn retry_of_a_saga_parked_by_a_failed_compensation_resumes_it_with_a_fresh_budget() {
+    let def = default_def();
+    let policy = def.compensation_retry;
+    let max = policy.max_attempts;
+    let mut w = World::new(&def);
+    w.start();
+    w.succeed();
+    w.succeed();
+    w.fail(permanent());
+    assert_eq!(w.command().action, Action::RevokeReward);
+    for _ in 1..max {
+        w.fail(retryable());
+        w.fire();
+    }
+    let last = w.command().clone();
+    w.fail(retryable());
+    assert_eq!(w.saga.state, SagaState::Failed);
+    assert_eq!(w.compensation(1).attempts, max);
+    assert_eq!(
+        w.try_apply(&Input::Cancel),
+        Err(Ignored::Terminal(SagaState::Failed))
+    );
+
+    let effects = w.apply(&Input::Retry);
+    assert_eq!(
+        effects.iter().map(Eff::of).collect::<Vec<_>>(),
+        vec![
+            send(Action::RevokeReward, 1, Phase::Compensate, max + 1),
+            timeout(1, Phase::Compensate, max + 1, Duration::from_secs(10)),
+        ]
+    );
+    assert_ne!(w.command().message_id, last.message_id);
+    assert_eq!(w.command().body, last.body);
+    assert_eq!(w.saga.state, SagaState::Compensating);
+    let c = w.compensation(1);
+    assert_eq!(c.state, CompensationState::Running);
+    assert_eq!((c.attempts, c.retry_base), (max + 1, max));
+    assert_eq!(c.run_order, Some(1));
+    assert_eq!(c.finished_at, None);
+    assert_eq!(w.try_apply(&Input::Retry), Err(Ignored::NotFailed));
+
+    // A fresh budget: max attempts again, the backoff starting over.
+    for k in 1..max {
+        let effects = w.fail(retryable());
+        let expected = ms(200 * 2u64.pow(k - 1)).min(Duration::from_secs(30));
+        assert_eq!(
+            effects.iter().map(Eff::of).collect::<Vec<_>>(),
+            vec![backoff(1, Phase::Compensate, max + k, expected)]
+        );
+        w.fire();
+    }
+    assert_eq!(w.command().attempt, 2 * max);
+    let effects = w.fail(retryable());
+    assert_eq!(
+        effects,
+        vec![Effect::ClearTimer, Effect::Finished(SagaState::Failed)]
+    );
+    assert_eq!(w.compensation(1).attempts, 2 * max);
+
+    // Retried again, it goes through; the rest of the undo follows.
+    w.apply(&Input::Retry);
+    assert_eq!(w.compensation(1).retry_base, 2 * max);
+    let effects = w.succeed();
+    assert_eq!(
+        sends(&effects).iter().map(|c| c.action).collect::<Vec<_>>(),
+        vec![Action::ReopenMission]
+    );
+    let effects = w.succeed();
+    assert_eq!(
+        effects,
+        vec![Effect::ClearTimer, Effect::Finished(SagaState::Compensated)]
+    );
+    assert_eq!(
+        w.step_states(),
+        vec![
+            StepState::Compensated,
+            StepState::Compensated,
+            StepState::Failed,
+            StepState::Pending,
+            StepState::Pending,
+        ]
+    );
+    assert_eq!(
+        compensation_order(&w),
+        vec![Action::RevokeReward, Action::ReopenMission]
+    );
+    assert_eq!(w.compensation(0).run_order, Some(2));
+    let ids: BTreeSet<_> = w
+        .sent
+        .iter()
+        .filter(|c| c.action == Action::RevokeReward)
+        .map(|c| c.message_id)
+        .collect();
+    assert_eq!(
+        ids.len(),
+        usize::try_from(2 * max + 1).expect("small"),
+        "one id per attempt"
+    );
+}
+
+#[test]
+fn a_cancelled_saga_parked_by_its_compensation_ends_cancelled_when_retried() {
+    let def = default_def();
+    let mut w = World::new(&def);
+    w.start();
+    w.succeed();
+    w.apply(&Input::Cancel);
+    w.succeed();
+    w.fail(permanent());
+    assert_eq!(w.saga.state, SagaState::Failed);
+    assert_eq!(w.saga.stop, Some(StopReason::Cancelled));
+    w.apply(&Input::Retry);
+    w.succeed();
+    let effects = w.succeed();
+    assert_eq!(
+        effects,
+        vec![Effect::ClearTimer, Effect::Finished(SagaState::Cancelled)]
+    );
+}
+
+#[test]
+fn retry_of_a_saga_parked_at_record_message_resumes_that_step_and_completes() {
+    let def = default_def();
+    let max = def.steps[4].retry.max_attempts;
+    let mut w = World::new(&def);
+    w.start();
+    for _ in 0..4 {
+        w.succeed();
+    }
+    let first = w.command().clone();
+    w.fail(permanent());
+    assert_eq!(w.saga.state, SagaState::Failed);
+
+    let effects = w.apply(&Input::Retry);
+    assert_eq!(
+        effects.iter().map(Eff::of).collect::<Vec<_>>(),
+        vec![
+            send(Action::RecordMessage, 4, Phase::Forward, 2),
+            timeout(4, Phase::Forward, 2, Duration::from_secs(10)),
+        ]
+    );
+    assert_eq!(w.saga.state, SagaState::Running);
+    let step = &w.saga.steps[4];
+    assert_eq!(
+        (step.state, step.attempts, step.retry_base),
+        (StepState::Running, 2, 1)
+    );
+    assert_eq!(step.finished_at, None);
+    assert_eq!(w.command().body, first.body);
+    assert_ne!(w.command().message_id, first.message_id);
+    // Retried or not, it is past the pivot.
+    assert_eq!(w.try_apply(&Input::Cancel), Err(Ignored::PastPivot));
+
+    // A fresh budget: max attempts from the retry on.
+    for k in 1..max {
+        let effects = w.fail(retryable());
+        assert_eq!(
+            effects.iter().map(Eff::of).collect::<Vec<_>>(),
+            vec![backoff(4, Phase::Forward, 1 + k, ms(200 * 2u64.pow(k - 1)))]
+        );
+        w.fire();
+    }
+    w.fail(retryable());
+    assert_eq!(w.saga.state, SagaState::Failed);
+    assert_eq!(w.saga.steps[4].attempts, 1 + max);
+
+    w.apply(&Input::Retry);
+    assert_eq!(w.saga.steps[4].retry_base, 1 + max);
+    let effects = w.succeed();
+    assert_eq!(
+        effects,
+        vec![Effect::ClearTimer, Effect::Finished(SagaState::Completed)]
+    );
+    assert!(w.saga.steps.iter().all(|s| s.state == StepState::Succeeded));
+    assert!(w.sent.iter().all(|c| c.phase == Phase::Forward));
+}
+
+#[test]
+fn retry_is_refused_unless_the_saga_failed() {
+    let def = default_def();
+    let mut w = World::new(&def);
+    assert_eq!(w.try_apply(&Input::Retry), Err(Ignored::NotFailed));
+    for given in Given::ALL {
+        let saga = given.build(&def);
+        let result = transition(&def, &saga, &Input::Retry, saga.updated_at);
+        if saga.state == SagaState::Failed {
+            assert!(result.is_ok(), "{given:?}");
+        } else {
+            assert_eq!(result, Err(Ignored::NotFailed), "{given:?}");
+        }
+    }
+    // Cancelling a saga that has not started undoes nothing and ends it.
+    let effects = w.apply(&Input::Cancel);
+    assert_eq!(
+        effects,
+        vec![Effect::ClearTimer, Effect::Finished(SagaState::Cancelled)]
+    );
+    assert!(w.sent.is_empty());
+}
+
+#[test]
+fn retry_resumes_record_message_even_when_the_telegram_step_failed_before_it() {
+    // The telegram step (policy continue) failing for good must not hide the parked step
+    // after it: the operator's retry resumes mission.record_message.
+    let def = default_def();
+    let mut w = World::new(&def);
+    w.start();
+    for _ in 0..3 {
+        w.succeed();
+    }
+    w.fail(StepFailure {
+        output: failed_notification_output(),
+        ..StepFailure::permanent("telegram_forbidden", "403 Forbidden")
+    });
+    w.fail(permanent());
+    assert_eq!(w.saga.state, SagaState::Failed);
+    assert_eq!(w.step_states()[3..], [StepState::Failed, StepState::Failed]);
+
+    let effects = w
+        .try_apply(&Input::Retry)
+        .expect("a saga parked by record_message can be retried");
+    assert_eq!(
+        effects.iter().map(Eff::of).collect::<Vec<_>>(),
+        vec![
+            send(Action::RecordMessage, 4, Phase::Forward, 2),
+            timeout(4, Phase::Forward, 2, Duration::from_secs(10)),
+        ]
+    );
+    assert_eq!(w.saga.steps[3].state, StepState::Failed);
+    w.succeed();
+    assert_eq!(w.saga.state, SagaState::Completed);
+}
+
+#[test]
+fn retry_is_refused_while_compensating_even_if_a_parking_step_failed() {
+    // A parking step before the pivot that fails while the saga is stopping leaves a failed
+    // park step in a compensating saga; Retry must still be refused until the saga is failed.
+    let mut def = default_def();
+    def.steps[1].on_failure = FailurePolicy::Park;
+    let mut w = World::new(&def);
+    w.start();
+    w.succeed();
+    w.apply(&Input::Cancel);
+    w.fail(permanent());
+    assert_eq!(w.saga.state, SagaState::Compensating);
+    assert_eq!(w.saga.steps[1].state, StepState::Failed);
+    assert_eq!(
+        transition(&def, &w.saga, &Input::Retry, w.now),
+        Err(Ignored::NotFailed)
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Properties
 // ---------------------------------------------------------------------------------------------
@@ -1722,16 +2797,22 @@ enum Outcome {
     Duplicate,
     /// A stale input of some kind (the selector picks which).
     Stale(u8),
+    /// An operator cancels the saga.
+    Cancel,
+    /// The saga's deadline falls due (if it is still armed).
+    Deadline,
 }
 
 fn outcome() -> impl Strategy<Value = Outcome> {
     prop_oneof![
-        5 => Just(Outcome::Succeed),
-        4 => proptest::option::of(0u64..3_000).prop_map(Outcome::FailRetryable),
-        1 => Just(Outcome::FailPermanent),
-        2 => Just(Outcome::Timeout),
-        1 => Just(Outcome::Duplicate),
-        2 => any::<u8>().prop_map(Outcome::Stale),
+        10 => Just(Outcome::Succeed),
+        8 => proptest::option::of(0u64..3_000).prop_map(Outcome::FailRetryable),
+        2 => Just(Outcome::FailPermanent),
+        4 => Just(Outcome::Timeout),
+        2 => Just(Outcome::Duplicate),
+        4 => any::<u8>().prop_map(Outcome::Stale),
+        1 => Just(Outcome::Cancel),
+        1 => Just(Outcome::Deadline),
     ]
 }
 
@@ -1775,6 +2856,7 @@ fn stale_input(w: &World<'_>, history: &[Input], selector: u8) -> Option<Input> 
             kind: match timer.kind {
                 TimerKind::Backoff => TimerKind::StepTimeout,
                 TimerKind::StepTimeout => TimerKind::Backoff,
+                TimerKind::Deadline => unreachable!("the step slot never holds the deadline"),
             },
             ..timer
         })),
@@ -1793,6 +2875,14 @@ fn stale_input(w: &World<'_>, history: &[Input], selector: u8) -> Option<Input> 
     }
 }
 
+/// When a run was first asked to stop (and it took).
+struct StopMark {
+    /// How many commands had been sent before.
+    sent_before: usize,
+    /// The forward command in flight the saga waits for, if it did not compensate at once.
+    in_flight: Option<CommandSpec>,
+}
+
 /// What a simulated run saw.
 struct Run<'d> {
     world: World<'d>,
@@ -1802,21 +2892,145 @@ struct Run<'d> {
     forward_succeeded: BTreeSet<u16>,
     /// Compensated steps, in the order their compensation succeeded.
     compensations_succeeded: Vec<u16>,
+    /// The first accepted stop (cancel or deadline).
+    stopped: Option<StopMark>,
+    /// Operator retries of a failed saga that were applied.
+    retries: usize,
 }
 
-/// Drives a saga with `outcomes` through the inputs its own effects imply, to a terminal state.
-fn simulate<'d>(def: &'d SagaDefinition, outcomes: &[Outcome]) -> Run<'d> {
+/// Asks the saga to stop (`Cancel`, or the armed deadline falling due) and checks the answer
+/// against what the saga looked like.
+fn inject_stop(run: &mut Run<'_>, reason: StopReason) {
+    let w = &mut run.world;
+    let def = w.def;
+    let before = w.saga.clone();
+    let sent_before = w.sent.len();
+    let result = match reason {
+        StopReason::Cancelled => w.try_apply(&Input::Cancel),
+        StopReason::DeadlineExceeded => w.try_fire_deadline(),
+    };
+    let refusal = if before.state == SagaState::Compensating {
+        Some(Ignored::AlreadyCompensating)
+    } else if past_pivot(def, &before) {
+        Some(Ignored::PastPivot)
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
+        assert_eq!(result, Err(refusal), "{reason:?}");
+        assert_eq!(w.saga, before);
+        return;
+    }
+    let effects = result.unwrap_or_else(|e| panic!("{reason:?} refused: {e}: {before:#?}"));
+    if before.stop.is_some() {
+        assert_eq!(effects, vec![], "asked again: nothing changes");
+        assert_unchanged_but_touched(&w.saga, &before);
+        return;
+    }
+    assert_eq!(w.saga.stop, Some(reason));
+    let f = focus(&before).expect("a running saga has a step in flight");
+    assert_eq!(f.phase, Phase::Forward);
+    let step = &w.saga.steps[usize::from(f.step_index)];
+    if f.waiting {
+        // Nothing is out: the step fails now and undoing begins.
+        assert_eq!(step.state, StepState::Failed);
+        let note = match reason {
+            StopReason::Cancelled => "cancelled by an operator",
+            StopReason::DeadlineExceeded => "the saga's deadline passed",
+        };
+        assert_eq!(step.last_error.as_deref(), Some(note));
+        assert!(matches!(
+            w.saga.state,
+            SagaState::Compensating | SagaState::Cancelled | SagaState::Compensated
+        ));
+        run.stopped = Some(StopMark {
+            sent_before,
+            in_flight: None,
+        });
+    } else {
+        // The command is out: wait for its reply.
+        assert_eq!(effects, vec![]);
+        assert_eq!(w.saga.state, SagaState::Running);
+        assert_eq!(step.state, StepState::Running);
+        run.stopped = Some(StopMark {
+            sent_before,
+            in_flight: Some(w.command().clone()),
+        });
+    }
+}
+
+/// Retries a failed saga and checks that it resumed exactly what had failed.
+fn inject_retry(run: &mut Run<'_>) {
+    let w = &mut run.world;
+    let before = w.saga.clone();
+    let resumed = match before
+        .compensations
+        .iter()
+        .find(|c| c.state == CompensationState::Failed)
+    {
+        Some(c) => (c.step_index, Phase::Compensate, c.attempts + 1),
+        None => {
+            let (i, step) = before
+                .steps
+                .iter()
+                .enumerate()
+                .find(|(i, s)| {
+                    s.state == StepState::Failed
+                        && w.def.steps[*i].on_failure == FailurePolicy::Park
+                })
+                .expect("a failed saga has a failed compensation or a parked step");
+            (
+                u16::try_from(i).expect("few steps"),
+                Phase::Forward,
+                step.attempts + 1,
+            )
+        }
+    };
+    let effects = w.apply(&Input::Retry);
+    assert_eq!(
+        sends(&effects)
+            .iter()
+            .map(|c| (c.step_index, c.phase, c.attempt))
+            .collect::<Vec<_>>(),
+        vec![resumed]
+    );
+    let (step_index, phase, attempt) = resumed;
+    assert_eq!(
+        focus(&w.saga),
+        Some(Focus {
+            step_index,
+            phase,
+            attempt,
+            waiting: false
+        })
+    );
+    run.retries += 1;
+}
+
+/// Drives a saga with `outcomes` through the inputs its own effects imply, to a terminal state;
+/// a failed saga is retried up to `retries` times.
+fn simulate<'d>(def: &'d SagaDefinition, outcomes: &[Outcome], retries: usize) -> Run<'d> {
     let mut run = Run {
         world: World::new(def),
         accepted_replies: Vec::new(),
         forward_succeeded: BTreeSet::new(),
         compensations_succeeded: Vec::new(),
+        stopped: None,
+        retries: 0,
     };
     run.world.start();
-    let bound = outcomes.len() + 32;
+    let bound = (outcomes.len() + 32) * (retries + 1);
     let mut timeouts = 0;
     let mut i = 0;
-    while !run.world.saga.state.is_terminal() {
+    loop {
+        if run.world.saga.state.is_terminal() {
+            check_refuses_all_but_retry(&mut run);
+            if run.world.saga.state == SagaState::Failed && run.retries < retries {
+                inject_retry(&mut run);
+                continue;
+            }
+            break;
+        }
         assert!(
             i < bound,
             "no terminal state after {i} inputs: {:#?}",
@@ -1840,6 +3054,16 @@ fn simulate<'d>(def: &'d SagaDefinition, outcomes: &[Outcome]) -> Run<'d> {
                     let before = w.saga.clone();
                     assert_eq!(w.try_apply(&input), Err(Ignored::Stale), "{input:?}");
                     assert_eq!(w.saga, before);
+                }
+                continue;
+            }
+            Outcome::Cancel => {
+                inject_stop(&mut run, StopReason::Cancelled);
+                continue;
+            }
+            Outcome::Deadline => {
+                if w.deadline.is_some() {
+                    inject_stop(&mut run, StopReason::DeadlineExceeded);
                 }
                 continue;
             }
@@ -1884,6 +3108,7 @@ fn simulate<'d>(def: &'d SagaDefinition, outcomes: &[Outcome]) -> Run<'d> {
             },
         };
         let succeeded = matches!(reply, Reply::Succeeded { .. });
+        let stopping = w.saga.stop.is_some();
         let input = w.reply_input(reply);
         let effects = w.apply(&input);
         if let (Reply::Failed(failure), [Effect::SetTimer { after, .. }]) =
@@ -1891,6 +3116,12 @@ fn simulate<'d>(def: &'d SagaDefinition, outcomes: &[Outcome]) -> Run<'d> {
         {
             let hint = ms(failure.retry_after_ms.unwrap_or(0));
             assert!(*after >= hint, "the backoff honours retry_after");
+        }
+        if stopping && command.phase == Phase::Forward {
+            assert!(
+                !w.saga.steps.iter().any(|s| s.state == StepState::Retrying),
+                "a stopping saga does not retry its step"
+            );
         }
         run.accepted_replies.push(input);
         if succeeded {
@@ -1912,17 +3143,25 @@ fn reply_of(input: &Input) -> Reply {
     }
 }
 
-/// Checks how a terminal run ended.
-fn check_ending(run: &mut Run<'_>) {
+/// Nothing more happens to a terminal saga: every input is refused, except that a failed saga
+/// accepts `Retry` (checked without applying it).
+fn check_refuses_all_but_retry(run: &mut Run<'_>) {
     let def = run.world.def;
     let saga = run.world.saga.clone();
     let state = saga.state;
     assert!(state.is_terminal());
-
-    // Nothing more happens: every input is refused as terminal.
     let mut probes: Vec<Input> = Probe::ALL.iter().map(|p| p.input(&saga)).collect();
     probes.extend(run.accepted_replies.iter().cloned());
     for probe in probes {
+        if probe == Input::Retry {
+            let result = transition(def, &saga, &probe, run.world.now);
+            if state == SagaState::Failed {
+                assert!(result.is_ok(), "{result:?}");
+            } else {
+                assert_eq!(result, Err(Ignored::NotFailed));
+            }
+            continue;
+        }
         assert_eq!(
             run.world.try_apply(&probe),
             Err(Ignored::Terminal(state)),
@@ -1930,6 +3169,14 @@ fn check_ending(run: &mut Run<'_>) {
         );
         assert_eq!(run.world.saga, saga);
     }
+}
+
+/// Checks how a terminal run ended.
+fn check_ending(run: &mut Run<'_>) {
+    let def = run.world.def;
+    let saga = run.world.saga.clone();
+    let state = saga.state;
+    check_refuses_all_but_retry(run);
 
     // Message ids are equal exactly when (step, phase, attempt) are, and a re-send is identical.
     let sent = &run.world.sent;
@@ -1941,6 +3188,24 @@ fn check_ending(run: &mut Run<'_>) {
                 assert_eq!(a, b, "a re-send carries the same command");
             }
         }
+    }
+
+    // Once asked to stop, no step after the one in flight was started: the only forward
+    // commands are re-sends of the one the saga waited for.
+    if let Some(mark) = &run.stopped {
+        for command in sent[mark.sent_before..]
+            .iter()
+            .filter(|c| c.phase == Phase::Forward)
+        {
+            assert_eq!(
+                Some(command),
+                mark.in_flight.as_ref(),
+                "a stopped saga sent a forward command"
+            );
+        }
+        assert!(saga.stop.is_some());
+    } else {
+        assert_eq!(saga.stop, None);
     }
 
     // Never a compensation for a step that did not succeed.
@@ -1999,7 +3264,7 @@ fn check_ending(run: &mut Run<'_>) {
                 );
             }
         }
-        SagaState::Compensated => {
+        SagaState::Compensated | SagaState::Cancelled => {
             assert_eq!(
                 run.compensations_succeeded, compensable,
                 "every succeeded compensable step is undone once, in reverse order"
@@ -2018,11 +3283,21 @@ fn check_ending(run: &mut Run<'_>) {
                     StepState::Compensated
                 );
             }
-            assert_eq!(failed_steps.len(), 1, "one step failed: {saga:#?}");
-            assert_eq!(
-                def.steps[failed_steps[0]].on_failure,
-                FailurePolicy::Compensate
-            );
+            match (state, saga.stop) {
+                (SagaState::Compensated, None) => {
+                    assert_eq!(failed_steps.len(), 1, "one step failed: {saga:#?}");
+                    assert_eq!(
+                        def.steps[failed_steps[0]].on_failure,
+                        FailurePolicy::Compensate
+                    );
+                }
+                (SagaState::Compensated, Some(StopReason::DeadlineExceeded))
+                | (SagaState::Cancelled, Some(StopReason::Cancelled)) => {
+                    // At most the step in flight failed (its reply, or the stop itself).
+                    assert!(failed_steps.len() <= 1, "{saga:#?}");
+                }
+                (state, stop) => panic!("{state:?} with stop {stop:?}"),
+            }
         }
         SagaState::Failed => {
             let failed_compensations = saga
@@ -2102,32 +3377,80 @@ fn poke_input(saga: &Saga, poke: &Poke) -> Input {
     .filter(|_| phase == Phase::Forward)
     .map(output_for)
     .unwrap_or_default();
-    match poke.kind % 7 {
+    match poke.kind % 16 {
         0 => Input::Start,
-        1 | 6 => reply(Reply::Succeeded { output }),
-        2 => reply(Reply::Failed(StepFailure {
+        1 | 6 | 10 | 11 => reply(Reply::Succeeded { output }),
+        2 | 12 => reply(Reply::Failed(StepFailure {
             retry_after_ms: poke.retry_after_ms,
             ..retryable()
         })),
         3 => reply(Reply::Failed(permanent())),
-        4 => timer(TimerKind::StepTimeout),
-        _ => timer(TimerKind::Backoff),
+        4 | 13 => timer(TimerKind::StepTimeout),
+        5 | 14 => timer(TimerKind::Backoff),
+        7 => Input::Cancel,
+        8 => Input::Retry,
+        // Whatever its fields say, a deadline timer is the deadline.
+        _ => timer(TimerKind::Deadline),
+    }
+}
+
+/// How the machine must answer `input` on `saga`: `Some(Ok)` accepted, `Some(Err)` refused for
+/// that reason, `None` a reply or step timer (accepted when current, otherwise stale).
+fn expected_answer(
+    def: &SagaDefinition,
+    saga: &Saga,
+    input: &Input,
+) -> Option<Result<(), Ignored>> {
+    let stop = matches!(
+        input,
+        Input::Cancel
+            | Input::TimerFired(Timer {
+                kind: TimerKind::Deadline,
+                ..
+            })
+    );
+    if saga.state.is_terminal() {
+        return Some(match input {
+            Input::Retry if saga.state == SagaState::Failed => Ok(()),
+            Input::Retry => Err(Ignored::NotFailed),
+            _ => Err(Ignored::Terminal(saga.state)),
+        });
+    }
+    match input {
+        Input::Start => Some(
+            if saga.steps.iter().all(|s| s.state == StepState::Pending) {
+                Ok(())
+            } else {
+                Err(Ignored::AlreadyStarted)
+            },
+        ),
+        Input::Retry => Some(Err(Ignored::NotFailed)),
+        _ if stop => Some(if saga.state == SagaState::Compensating {
+            Err(Ignored::AlreadyCompensating)
+        } else if past_pivot(def, saga) {
+            Err(Ignored::PastPivot)
+        } else {
+            Ok(())
+        }),
+        _ => None,
     }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// Random worker behaviour, fed back through the machine's own effects, always ends in a
-    /// terminal state with the compensation, message-id and staleness guarantees intact.
+    /// Random worker and operator behaviour, fed back through the machine's own effects, always
+    /// ends in a terminal state with the compensation, message-id, staleness and stop guarantees
+    /// intact.
     #[test]
     fn random_worker_behaviour_ends_terminal_and_keeps_the_guarantees(
         tight in any::<bool>(),
         outcomes in prop::collection::vec(outcome(), 0..160),
+        retries in 0usize..3,
     ) {
         let policies = if tight { tight_policies() } else { Policies::default() };
         let def = mission_reward(&policies);
-        let mut run = simulate(&def, &outcomes);
+        let mut run = simulate(&def, &outcomes, retries);
         check_ending(&mut run);
     }
 
@@ -2144,21 +3467,17 @@ proptest! {
         for poke in &pokes {
             let before = w.saga.clone();
             let input = poke_input(&w.saga, poke);
+            let expected = expected_answer(&def, &before, &input);
             match w.try_apply(&input) {
-                Ok(_) => prop_assert!(!before.state.is_terminal()),
+                Ok(_) => {
+                    prop_assert!(matches!(expected, None | Some(Ok(()))), "{:?}", expected);
+                    if before.state.is_terminal() {
+                        prop_assert_eq!(&input, &Input::Retry);
+                    }
+                }
                 Err(ignored) => {
                     prop_assert_eq!(&w.saga, &before);
-                    let expected_kind = if before.state.is_terminal() {
-                        Some(Ignored::Terminal(before.state))
-                    } else if input == Input::Start {
-                        Some(Ignored::AlreadyStarted)
-                    } else {
-                        None
-                    };
-                    match expected_kind {
-                        Some(kind) => prop_assert_eq!(ignored, kind),
-                        None => prop_assert_eq!(ignored, Ignored::Stale),
-                    }
+                    prop_assert_eq!(Err(ignored), expected.unwrap_or(Err(Ignored::Stale)));
                 }
             }
         }

@@ -46,6 +46,10 @@ pub struct Settings {
     pub workers: WorkerSettings,
     /// Telegram settings.
     pub telegram: TelegramSettings,
+    /// Workers not to run in this process (a test may play one itself).
+    pub skip_workers: Vec<Worker>,
+    /// Saga definitions to run instead of the built-in ones.
+    pub definitions: Option<orchestrator::definition::Registry>,
 }
 
 impl Settings {
@@ -56,6 +60,8 @@ impl Settings {
             orchestrator: runtime::config::load()?,
             workers: runtime::config::load()?,
             telegram: runtime::config::load()?,
+            skip_workers: Vec::new(),
+            definitions: None,
         })
     }
 }
@@ -101,7 +107,12 @@ impl Platform {
         } else {
             None
         };
-        let orchestrator = Orchestrator::build(settings.orchestrator.clone()).await?;
+        let orchestrator = match settings.definitions.clone() {
+            Some(registry) => {
+                Orchestrator::build_with(settings.orchestrator.clone(), registry).await?
+            }
+            None => Orchestrator::build(settings.orchestrator.clone()).await?,
+        };
         let mission_ctx =
             WorkerContext::connect(&settings.workers, Worker::Mission, &mission::MIGRATOR).await?;
         let reward_ctx =
@@ -132,9 +143,16 @@ impl Platform {
             while background.join_next().await.is_some() {}
             Ok(())
         });
-        tasks.spawn(mission.run(mission_ctx.clone(), shutdown.clone()));
-        tasks.spawn(reward.run(reward_ctx.clone(), shutdown.clone()));
-        tasks.spawn(telegram.run(telegram_ctx.clone(), shutdown.clone()));
+        let runs = |worker: Worker| !settings.skip_workers.contains(&worker);
+        if runs(Worker::Mission) {
+            tasks.spawn(mission.run(mission_ctx.clone(), shutdown.clone()));
+        }
+        if runs(Worker::Reward) {
+            tasks.spawn(reward.run(reward_ctx.clone(), shutdown.clone()));
+        }
+        if runs(Worker::Telegram) {
+            tasks.spawn(telegram.run(telegram_ctx.clone(), shutdown.clone()));
+        }
 
         let listener = tokio::net::TcpListener::bind(&settings.platform.gateway_addr)
             .await

@@ -46,7 +46,10 @@ pub async fn run_batches<F, Fut>(
         let mut chunks = stream.ready_chunks(max_batch);
         loop {
             let chunk = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    release_buffered(&mut chunks).await;
+                    return;
+                }
                 chunk = chunks.next() => chunk,
             };
             let Some(chunk) = chunk else {
@@ -68,6 +71,27 @@ pub async fn run_batches<F, Fut>(
             }
             if broken {
                 break;
+            }
+        }
+    }
+}
+
+/// Hands back the messages pulled but not yet handled, so that another replica gets them
+/// at once instead of after the ack wait.
+async fn release_buffered<S>(chunks: &mut S)
+where
+    S: futures::Stream<
+            Item = Vec<Result<Message, async_nats::jetstream::consumer::pull::MessagesError>>,
+        > + Unpin,
+{
+    use futures::FutureExt;
+    while let Some(Some(chunk)) = chunks.next().now_or_never() {
+        for message in chunk.into_iter().flatten() {
+            if let Err(error) = message
+                .ack_with(async_nats::jetstream::AckKind::Nak(None))
+                .await
+            {
+                tracing::debug!(%error, "could not hand a message back; it returns after the ack wait");
             }
         }
     }

@@ -124,8 +124,8 @@ impl Publisher {
         }
     }
 
-    /// Re-publishes rows older than `min_age` until `shutdown`, every `interval`. Returns the
-    /// number of rows it published in its last pass (for tests and logs).
+    /// Re-publishes rows older than `min_age` until `shutdown`, every `interval`; at shutdown
+    /// it flushes whatever is still in the outbox, whatever its age.
     pub async fn run_relay(
         &self,
         shutdown: CancellationToken,
@@ -139,8 +139,15 @@ impl Publisher {
                 Err(error) => tracing::warn!(%error, "outbox relay pass failed"),
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(interval) => {}
+            }
+        }
+        match self.relay_once(Duration::ZERO, 10_000).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(published = n, "outbox flushed at shutdown"),
+            Err(error) => {
+                tracing::warn!(%error, "flushing the outbox at shutdown failed; the next start re-publishes")
             }
         }
     }

@@ -183,6 +183,7 @@ impl<H: Handler> CommandLoop<H> {
                 }
             }
         }
+        tracing::debug!(commands = commands.len(), "command batch");
         match self.process(&commands, &mut pending).await {
             Ok(outbox) => {
                 if let Err(error) = self.publisher.publish(&outbox).await {

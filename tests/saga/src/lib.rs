@@ -48,6 +48,8 @@ pub fn default_settings() -> Settings {
         orchestrator: Default::default(),
         workers: Default::default(),
         telegram: Default::default(),
+        skip_workers: Vec::new(),
+        definitions: None,
     };
     settings.orchestrator.policies.step_timeout = Duration::from_secs(5);
     settings.orchestrator.policies.telegram_timeout = Duration::from_secs(10);
@@ -63,7 +65,7 @@ impl TestPlatform {
     }
 
     /// Starts a platform with `settings` (database and NATS are filled in here).
-    pub async fn start_with(mut settings: Settings) -> anyhow::Result<Self> {
+    pub async fn start_with(settings: Settings) -> anyhow::Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let id = Uuid::new_v4().simple().to_string();
         let database = format!("saga_t_{}", &id[..16]);
@@ -79,15 +81,11 @@ impl TestPlatform {
             .rsplit_once('/')
             .context("database URL without a path")?;
         let database_url = format!("{base_url}/{database}");
-        for infra in [
-            &mut settings.orchestrator.infra,
-            &mut settings.workers.infra,
-        ] {
-            infra.database_url = database_url.clone();
-            infra.nats_url = nats_url();
-            infra.nats_prefix = prefix.clone();
-        }
-        let platform = Platform::start(settings, CancellationToken::new()).await?;
+        let platform = Platform::start(
+            Self::wire(settings, &database_url, &prefix),
+            CancellationToken::new(),
+        )
+        .await?;
         let nats = async_nats::connect(nats_url()).await?;
         Ok(Self {
             base: platform.base_url(),
@@ -100,6 +98,34 @@ impl TestPlatform {
             database,
             nats,
         })
+    }
+
+    fn wire(mut settings: Settings, database_url: &str, prefix: &str) -> Settings {
+        for infra in [
+            &mut settings.orchestrator.infra,
+            &mut settings.workers.infra,
+        ] {
+            infra.database_url = database_url.to_owned();
+            infra.nats_url = nats_url();
+            infra.nats_prefix = prefix.to_owned();
+        }
+        settings
+    }
+
+    /// Stops the platform and starts it again with `settings` on the same database and
+    /// streams: a redeploy.
+    pub async fn redeploy(&mut self, settings: Settings) -> anyhow::Result<()> {
+        if let Some(platform) = self.platform.take() {
+            platform.stop().await?;
+        }
+        let platform = Platform::start(
+            Self::wire(settings, &self.database_url, &self.prefix),
+            CancellationToken::new(),
+        )
+        .await?;
+        self.base = platform.base_url();
+        self.platform = Some(platform);
+        Ok(())
     }
 
     /// The in-process Telegram stand-in.
@@ -209,7 +235,7 @@ impl TestPlatform {
         loop {
             let saga = self.get(&format!("/v1/sagas/{saga_id}")).await?;
             let state = saga["state"].as_str().unwrap_or_default();
-            if matches!(state, "completed" | "compensated" | "failed") {
+            if matches!(state, "completed" | "compensated" | "failed" | "cancelled") {
                 return Ok(saga);
             }
             if Instant::now() > deadline {
@@ -266,5 +292,74 @@ where
             bail!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A test playing one worker: it pulls that worker's commands from the real JetStream consumer
+/// and answers them as the test decides (the platform runs without that worker).
+pub struct FakeWorker {
+    consumer:
+        async_nats::jetstream::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>,
+    js: async_nats::jetstream::Context,
+    topology: contracts::Topology,
+}
+
+impl FakeWorker {
+    /// Takes over `worker`'s durable consumer on `platform`'s streams.
+    pub async fn attach(
+        platform: &TestPlatform,
+        worker: contracts::Worker,
+    ) -> anyhow::Result<Self> {
+        let js = async_nats::jetstream::new(platform.nats.clone());
+        let topology = contracts::Topology::new(&platform.prefix);
+        let consumer = runtime::jetstream::ensure_consumer(
+            &js,
+            &topology,
+            contracts::topology::Stream::Commands,
+            &topology.worker_consumer(worker),
+            &topology.worker_commands(worker),
+        )
+        .await?;
+        Ok(Self {
+            consumer,
+            js,
+            topology,
+        })
+    }
+
+    /// The next command (acked), or an error after `timeout`.
+    pub async fn next(
+        &self,
+        timeout: Duration,
+    ) -> anyhow::Result<contracts::Envelope<contracts::Command>> {
+        use futures::StreamExt;
+        let mut batch = self
+            .consumer
+            .fetch()
+            .max_messages(1)
+            .expires(timeout)
+            .messages()
+            .await?;
+        let message = batch
+            .next()
+            .await
+            .context("no command arrived in time")?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(runtime::jetstream::decode(&message)?)
+    }
+
+    /// Answers `command` with `reply`.
+    pub async fn reply(
+        &self,
+        command: &contracts::Envelope<contracts::Command>,
+        reply: contracts::Reply,
+    ) -> anyhow::Result<()> {
+        let envelope = command.reply(reply);
+        let outgoing =
+            runtime::jetstream::encode(self.topology.reply_subject(&command.saga_type), &envelope)?;
+        runtime::jetstream::publish(&self.js, &outgoing, Some(&envelope.message_id.to_string()))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 }

@@ -1,0 +1,220 @@
+//! The operator's view of the dead-letter stream: list what was parked (original subject,
+//! headers, payload, reason) and replay one to its original subject, which removes it from the
+//! stream. A replay publishes with `Nats-Msg-Id` = `replay:<sequence>`, so a double click within
+//! JetStream's de-duplication window replays once.
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream::{self, message::StreamMessage};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use contracts::topology::Stream;
+use runtime::ApiError;
+use runtime::dead_letter::{CONSUMER, ORIGINAL_SUBJECT, REASON, STREAM_SEQUENCE};
+use runtime::problem::{ApiQuery, Problem};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::ApiState;
+
+/// A parked message.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeadLetter {
+    /// Its sequence in the dead-letter stream: the id to replay it by.
+    pub id: u64,
+    /// The subject it was first published on.
+    pub original_subject: String,
+    /// Why no consumer could handle it.
+    pub reason: String,
+    /// The consumer that gave up on it.
+    pub consumer: String,
+    /// Its sequence in its original stream.
+    pub original_sequence: Option<u64>,
+    /// Its headers (the `Dlq-*` ones included).
+    pub headers: BTreeMap<String, String>,
+    /// The payload as text when it is UTF-8.
+    pub payload: Option<String>,
+    /// The payload in base64.
+    pub payload_base64: String,
+    /// When it was parked.
+    pub parked_at: DateTime<Utc>,
+}
+
+/// A page of dead letters, newest first.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeadLetterPage {
+    /// The dead letters.
+    pub items: Vec<DeadLetter>,
+    /// Pass as `before` for the next page.
+    pub next_before: Option<u64>,
+}
+
+/// Query of `GET /v1/dead-letters`.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetterQuery {
+    /// Page size, 1 to 200 (default 50).
+    pub limit: Option<usize>,
+    /// Only dead letters older than this id.
+    pub before: Option<u64>,
+}
+
+/// What a replay did.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Replayed {
+    /// The dead letter replayed (now removed from the stream).
+    pub id: u64,
+    /// Where it was published again.
+    pub subject: String,
+}
+
+fn header(message: &StreamMessage, name: &str) -> String {
+    message
+        .headers
+        .get(name)
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+fn view(message: &StreamMessage) -> DeadLetter {
+    let mut headers = BTreeMap::new();
+    for (name, values) in message.headers.iter() {
+        if let Some(value) = values.first() {
+            headers.insert(name.to_string(), value.as_str().to_owned());
+        }
+    }
+    let nanos = i64::try_from(message.time.unix_timestamp_nanos()).unwrap_or(0);
+    DeadLetter {
+        id: message.sequence,
+        original_subject: header(message, ORIGINAL_SUBJECT),
+        reason: header(message, REASON),
+        consumer: header(message, CONSUMER),
+        original_sequence: header(message, STREAM_SEQUENCE).parse().ok(),
+        headers,
+        payload: std::str::from_utf8(&message.payload)
+            .ok()
+            .map(str::to_owned),
+        payload_base64: base64::engine::general_purpose::STANDARD.encode(&message.payload),
+        parked_at: DateTime::from_timestamp_nanos(nanos),
+    }
+}
+
+async fn stream(state: &ApiState) -> Result<jetstream::stream::Stream, ApiError> {
+    state
+        .js
+        .get_stream(state.topology.stream(Stream::DeadLetters))
+        .await
+        .map_err(|e| ApiError::unavailable("JetStream", &e))
+}
+
+/// List dead letters, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/dead-letters",
+    params(DeadLetterQuery),
+    responses(
+        (status = 200, description = "A page of dead letters", body = DeadLetterPage),
+        (status = 400, description = "A bad limit", body = Problem, content_type = "application/problem+json"),
+    ),
+    tag = "dead-letters"
+)]
+pub async fn list_dead_letters(
+    State(state): State<ApiState>,
+    ApiQuery(query): ApiQuery<DeadLetterQuery>,
+) -> Result<axum::Json<DeadLetterPage>, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be 1 to 200; got {limit}"),
+        ));
+    }
+    let stream = stream(&state).await?;
+    let info = stream
+        .get_info()
+        .await
+        .map_err(|e| ApiError::unavailable("JetStream", &e))?;
+    let first = info.state.first_sequence.max(1);
+    let mut sequence = query
+        .before
+        .map_or(info.state.last_sequence, |b| b.saturating_sub(1))
+        .min(info.state.last_sequence);
+    let mut items = Vec::new();
+    while sequence >= first && sequence > 0 && items.len() < limit {
+        if let Ok(message) = stream.get_raw_message(sequence).await {
+            items.push(view(&message));
+        }
+        sequence -= 1;
+    }
+    let next_before = (sequence >= first && sequence > 0 && items.len() == limit)
+        .then(|| items.last().map(|d| d.id))
+        .flatten();
+    Ok(axum::Json(DeadLetterPage { items, next_before }))
+}
+
+/// Publish a dead letter again on its original subject and remove it from the stream.
+#[utoipa::path(
+    post,
+    path = "/v1/dead-letters/{id}/replay",
+    params(("id" = u64, Path, description = "The dead letter's id")),
+    responses(
+        (status = 202, description = "Replayed", body = Replayed),
+        (status = 404, description = "No such dead letter", body = Problem, content_type = "application/problem+json"),
+    ),
+    tag = "dead-letters"
+)]
+pub async fn replay_dead_letter(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, axum::Json<Replayed>), ApiError> {
+    let not_found = || ApiError::not_found("dead_letter_not_found", format!("no dead letter {id}"));
+    let sequence: u64 = id.parse().map_err(|_| not_found())?;
+    let stream = stream(&state).await?;
+    let message = stream
+        .get_raw_message(sequence)
+        .await
+        .map_err(|_| not_found())?;
+    let subject = header(&message, ORIGINAL_SUBJECT);
+    if subject.is_empty() {
+        return Err(ApiError::unprocessable(
+            "dead_letter_without_subject",
+            "the dead letter does not name its original subject",
+        ));
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, values) in message.headers.iter() {
+        let name = name.to_string();
+        if name.starts_with("Dlq-") || name == runtime::jetstream::MSG_ID {
+            continue;
+        }
+        for value in values {
+            headers.append(name.as_str(), value.as_str());
+        }
+    }
+    headers.insert(
+        runtime::jetstream::MSG_ID,
+        format!("replay:{sequence}").as_str(),
+    );
+    state
+        .js
+        .publish_with_headers(subject.clone(), headers, message.payload.clone())
+        .await
+        .map_err(|e| ApiError::unavailable("JetStream", &e))?
+        .await
+        .map_err(|e| ApiError::unavailable("JetStream", &e))?;
+    stream
+        .delete_message(sequence)
+        .await
+        .map_err(|e| ApiError::unavailable("JetStream", &e))?;
+    tracing::info!(dead_letter = sequence, %subject, "dead letter replayed");
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Replayed {
+            id: sequence,
+            subject,
+        }),
+    ))
+}
