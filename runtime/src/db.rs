@@ -28,13 +28,12 @@ pub async fn connect(
     let base = PgConnectOptions::from_str(url)?.log_statements(tracing::log::LevelFilter::Trace);
     {
         let mut admin = base.connect().await?;
-        // Concurrent first starts of several replicas race on CREATE SCHEMA; the advisory lock
-        // serializes them.
+        // Concurrent first starts of several replicas race on CREATE SCHEMA; the advisory lock,
+        // held until the implicit transaction of this one query commits, serializes them.
         admin
             .execute(AssertSqlSafe(format!(
-                "SELECT pg_advisory_lock(hashtext('schema:{schema}')); \
-                 CREATE SCHEMA IF NOT EXISTS {schema}; \
-                 SELECT pg_advisory_unlock(hashtext('schema:{schema}'));"
+                "SELECT pg_advisory_xact_lock(hashtext('schema:{schema}')); \
+                 CREATE SCHEMA IF NOT EXISTS {schema};"
             )))
             .await?;
     }

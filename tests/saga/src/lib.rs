@@ -363,3 +363,5 @@ impl FakeWorker {
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
 }
+
+pub mod chaos;

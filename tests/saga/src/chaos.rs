@@ -1,0 +1,1127 @@
+//! The chaos suite: the platform as separate processes (two orchestrators and two of each
+//! worker) against its own nats-server and, where it can make one, its own PostgreSQL, both on
+//! spare loopback ports so that they can be killed and restarted. A mix of sagas runs while a
+//! random service is killed with SIGKILL every one to three seconds and restarted, nats-server
+//! and PostgreSQL are restarted, and every orchestrator is killed at once. After the last fault
+//! the suite waits for quiet and checks the platform's promises in the databases, the streams
+//! and the Telegram stand-in: every saga terminal with the outcome its kind calls for, no reward,
+//! credit, debit, mission change or message twice, compensations exactly once in reverse order,
+//! and nothing in the dead-letter stream but the garbage injected on purpose.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::sync::Mutex;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct ChaosConfig {
+    /// Sagas to run.
+    pub sagas: usize,
+    /// Sagas in flight at once.
+    pub concurrency: usize,
+    /// Seed of the fault schedule.
+    pub seed: u64,
+    /// How long starting all sagas should take: the faults happen meanwhile.
+    pub spread: Duration,
+    /// Where the service binaries are (`orchestrator`, `mission-worker`, ...).
+    pub bin_dir: PathBuf,
+}
+
+impl ChaosConfig {
+    /// `sagas` sagas at concurrency 16 with the binaries next to the running executable.
+    pub fn new(sagas: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            sagas,
+            concurrency: 16,
+            seed: u64::from(std::process::id()) ^ 0x5eed,
+            spread: Duration::from_secs(30),
+            bin_dir: bin_dir()?,
+        })
+    }
+}
+
+/// Finds the directory of the service binaries: `SAGA_BIN_DIR`, or the target directory of the
+/// running executable (a test runs from `target/<profile>/deps`).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = std::env::var("SAGA_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe
+        .parent()
+        .context("executable without a directory")?
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    if !dir.join("orchestrator").exists() {
+        bail!(
+            "no service binaries in {}: build them first (cargo build --workspace --bins)",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// What the suite saw.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Sagas started.
+    pub sagas: usize,
+    /// Final states and how many ended in each.
+    pub outcomes: BTreeMap<String, usize>,
+    /// Services killed with SIGKILL (and restarted).
+    pub kills: usize,
+    /// nats-server restarts.
+    pub nats_restarts: usize,
+    /// PostgreSQL restarts.
+    pub pg_restarts: usize,
+    /// From one orchestrator's restart after every orchestrator was killed, until the first
+    /// saga completed.
+    pub recovery: Option<Duration>,
+    /// How long the run took.
+    pub elapsed: Duration,
+    /// Broken promises, each described.
+    pub violations: Vec<String>,
+    /// Where the logs are.
+    pub work_dir: PathBuf,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let outcomes: Vec<String> = self
+            .outcomes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        write!(
+            f,
+            "chaos: sagas={} outcomes[{}] faults: kills={} nats_restarts={} pg_restarts={} \
+             recovery_after_killing_every_orchestrator={} elapsed={:.1}s violations={}",
+            self.sagas,
+            outcomes.join(" "),
+            self.kills,
+            self.nats_restarts,
+            self.pg_restarts,
+            self.recovery
+                .map_or("n/a".to_owned(), |d| format!("{:.2}s", d.as_secs_f64())),
+            self.elapsed.as_secs_f64(),
+            self.violations.len(),
+        )
+    }
+}
+
+/// A tiny deterministic random source for the fault schedule.
+struct Dice(u64);
+
+impl Dice {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A loopback port nobody listens on, never the same one twice in a run.
+fn free_port() -> anyhow::Result<u16> {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port")
+}
+
+/// One supervised process.
+struct Process {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+    http: Option<u16>,
+}
+
+impl Process {
+    fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.program.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A PostgreSQL instance of the suite's own, in its work directory.
+struct OwnPostgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl OwnPostgres {
+    fn find_bin() -> Option<PathBuf> {
+        if let Ok(dir) = std::env::var("SAGA_CHAOS_PG_BIN") {
+            return Some(PathBuf::from(dir));
+        }
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("initdb").exists())
+            .collect();
+        versions.sort();
+        versions.pop()
+    }
+
+    fn pg(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
+        let program = self.bin.join(tool);
+        let status = if self.as_postgres {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&program)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?
+        } else {
+            Command::new(&program)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?
+        };
+        if !status.success() {
+            bail!("{tool} {args:?} failed: {status}");
+        }
+        Ok(())
+    }
+
+    async fn create(work: &Path) -> anyhow::Result<Option<Self>> {
+        let Some(bin) = Self::find_bin() else {
+            return Ok(None);
+        };
+        let root = Command::new("id").arg("-u").output()?.stdout == b"0\n";
+        let dir = work.join("pg");
+        std::fs::create_dir_all(&dir)?;
+        if root {
+            Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(work)
+                .status()?;
+        }
+        let me = Self {
+            bin,
+            dir,
+            port: free_port()?,
+            as_postgres: root,
+        };
+        let dir = me.dir.to_string_lossy().to_string();
+        me.pg(
+            "initdb",
+            &[
+                "-D",
+                &dir,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        )?;
+        me.start()?;
+        Ok(Some(me))
+    }
+
+    fn start(&self) -> anyhow::Result<()> {
+        let dir = self.dir.to_string_lossy().to_string();
+        let log = self.dir.join("server.log").to_string_lossy().to_string();
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={dir} -c max_connections=200",
+            self.port
+        );
+        self.pg(
+            "pg_ctl",
+            &[
+                "-D", &dir, "-l", &log, "-o", &options, "-w", "-t", "60", "start",
+            ],
+        )
+    }
+
+    /// A crash and a restart: `immediate` stops without a checkpoint, so the start recovers
+    /// from the WAL.
+    fn crash_and_restart(&self) -> anyhow::Result<()> {
+        let dir = self.dir.to_string_lossy().to_string();
+        self.pg("pg_ctl", &["-D", &dir, "-m", "immediate", "-w", "stop"])?;
+        self.start()
+    }
+
+    fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let dir = self.dir.to_string_lossy().to_string();
+        let _ = self.pg("pg_ctl", &["-D", &dir, "-m", "fast", "-w", "stop"]);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    FrozenWallet,
+    HeldMission,
+    BlockedChat,
+    NoChat,
+}
+
+impl Kind {
+    fn of(i: usize) -> Kind {
+        match i % 20 {
+            14 | 15 => Kind::FrozenWallet,
+            16 | 17 => Kind::HeldMission,
+            18 => Kind::BlockedChat,
+            19 => Kind::NoChat,
+            _ => Kind::Plain,
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            Kind::FrozenWallet | Kind::HeldMission => "compensated",
+            _ => "completed",
+        }
+    }
+}
+
+struct Planned {
+    kind: Kind,
+    chat_id: i64,
+    mission_id: String,
+    saga_id: Option<String>,
+}
+
+/// The HTTP side: calls a service through whichever of its replicas answers.
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        ports: &[u16],
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut round = 0usize;
+        loop {
+            let port = ports[round % ports.len()];
+            round += 1;
+            let mut request = self
+                .http
+                .request(method.clone(), format!("http://127.0.0.1:{port}{path}"));
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            if let Some(key) = key {
+                request = request.header("Idempotency-Key", key);
+            }
+            match request.send().await {
+                Ok(response) if response.status().as_u16() < 500 => {
+                    let status = response.status().as_u16();
+                    let value = response.json().await.unwrap_or(Value::Null);
+                    return Ok((status, value));
+                }
+                Ok(response) if Instant::now() > deadline => {
+                    bail!("{method} {path}: {}", response.status())
+                }
+                Err(error) if Instant::now() > deadline => bail!("{method} {path}: {error}"),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+struct Cluster {
+    work: PathBuf,
+    nats: Process,
+    pg: Option<OwnPostgres>,
+    services: Vec<Process>,
+    stand_in: Process,
+    database_url: String,
+    nats_url: String,
+    orchestrators: Vec<u16>,
+    missions: Vec<u16>,
+    rewards: Vec<u16>,
+    telegrams: Vec<u16>,
+    stand_in_port: u16,
+}
+
+impl Cluster {
+    async fn start(config: &ChaosConfig, work: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&work)?;
+        let nats_port = free_port()?;
+        let nats_store = work.join("nats");
+        let mut nats = Process {
+            name: "nats-server".into(),
+            program: PathBuf::from("nats-server"),
+            args: vec![
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                nats_port.to_string(),
+                "-js".into(),
+                "-sd".into(),
+                nats_store.to_string_lossy().to_string(),
+            ],
+            env: Vec::new(),
+            log: work.join("nats-server.log"),
+            child: None,
+            http: None,
+        };
+        nats.start()?;
+        let pg = OwnPostgres::create(&work).await?;
+        let database = "saga_chaos";
+        let (admin_url, database_url) = match &pg {
+            Some(pg) => (pg.url("postgres"), pg.url(database)),
+            None => {
+                let admin = std::env::var("SAGA_TEST_DATABASE_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+                let base = admin
+                    .rsplit_once('/')
+                    .map(|(b, _)| b.to_owned())
+                    .unwrap_or_default();
+                (admin, format!("{base}/{database}_{}", std::process::id()))
+            }
+        };
+        let db_name = database_url
+            .rsplit('/')
+            .next()
+            .unwrap_or(database)
+            .to_owned();
+        let mut admin = PgConnection::connect(&admin_url).await?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+            )))
+            .await?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .await?;
+        admin.close().await?;
+
+        let nats_url = format!("nats://127.0.0.1:{nats_port}");
+        let stand_in_port = free_port()?;
+        let common = |extra: Vec<(&str, String)>| {
+            let mut env = vec![
+                ("SAGA_DATABASE_URL".to_owned(), database_url.clone()),
+                ("SAGA_DATABASE_MAX_CONNECTIONS".to_owned(), "6".to_owned()),
+                ("SAGA_NATS_URL".to_owned(), nats_url.clone()),
+                ("SAGA_POLICIES__STEP_TIMEOUT".to_owned(), "2000".to_owned()),
+                (
+                    "SAGA_POLICIES__TELEGRAM_TIMEOUT".to_owned(),
+                    "8000".to_owned(),
+                ),
+                ("SAGA_TELEGRAM_TIMEOUT_MS".to_owned(), "3000".to_owned()),
+                (
+                    "SAGA_TELEGRAM_API_BASE".to_owned(),
+                    format!("http://127.0.0.1:{stand_in_port}"),
+                ),
+                ("RUST_LOG".to_owned(), "warn,saga_runtime=info".to_owned()),
+            ];
+            env.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
+            env
+        };
+        let mut services = Vec::new();
+        let mut ports = HashMap::new();
+        for (binary, addr_var) in [
+            ("orchestrator", "SAGA_ORCHESTRATOR_ADDR"),
+            ("mission-worker", "SAGA_MISSION_ADDR"),
+            ("reward-worker", "SAGA_REWARD_ADDR"),
+            ("telegram-worker", "SAGA_TELEGRAM_ADDR"),
+        ] {
+            for replica in 1..=2 {
+                let port = free_port()?;
+                ports.entry(binary).or_insert_with(Vec::new).push(port);
+                services.push(Process {
+                    name: format!("{binary}-{replica}"),
+                    program: config.bin_dir.join(binary),
+                    args: Vec::new(),
+                    env: common(vec![(addr_var, format!("127.0.0.1:{port}"))]),
+                    log: work.join(format!("{binary}-{replica}.log")),
+                    child: None,
+                    http: Some(port),
+                });
+            }
+        }
+        let mut stand_in = Process {
+            name: "telegram-stand-in".into(),
+            program: config.bin_dir.join("telegram-stand-in"),
+            args: Vec::new(),
+            env: vec![(
+                "SAGA_STAND_IN_ADDR".into(),
+                format!("127.0.0.1:{stand_in_port}"),
+            )],
+            log: work.join("telegram-stand-in.log"),
+            child: None,
+            http: None,
+        };
+        stand_in.start()?;
+        // One orchestrator first: it creates the streams and migrates before the rest race.
+        services[0].start()?;
+        let ports_of = |name: &str| ports.get(name).cloned().unwrap_or_default();
+        let cluster = Self {
+            work,
+            nats,
+            pg,
+            services,
+            stand_in,
+            database_url,
+            nats_url,
+            orchestrators: ports_of("orchestrator"),
+            missions: ports_of("mission-worker"),
+            rewards: ports_of("reward-worker"),
+            telegrams: ports_of("telegram-worker"),
+            stand_in_port,
+        };
+        Ok(cluster)
+    }
+
+    async fn wait_ready(&self, port: u16) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = http
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the service on port {port} did not become ready; logs in {}",
+                    self.work.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn start_all(&mut self) -> anyhow::Result<()> {
+        self.wait_ready(self.orchestrators[0]).await?;
+        for service in self.services.iter_mut().skip(1) {
+            service.start()?;
+        }
+        for service in &self.services {
+            if let Some(port) = service.http {
+                self.wait_ready(port).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the suite.
+pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let started = Instant::now();
+    let work =
+        std::env::temp_dir().join(format!("saga-chaos-{}-{}", std::process::id(), config.seed));
+    let mut cluster = Cluster::start(&config, work.clone()).await?;
+    cluster.start_all().await?;
+    let client = Client {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?,
+    };
+    let mut summary = Summary {
+        sagas: config.sagas,
+        work_dir: work,
+        ..Summary::default()
+    };
+
+    let planned = prepare(&cluster, &client, config.sagas).await?;
+    let garbage = inject_garbage(&cluster.nats_url).await?;
+
+    let nats = async_nats::connect(&cluster.nats_url).await?;
+    let mut finished = nats.subscribe("evt.saga.SagaFinished").await?;
+    let completions = Arc::new(AtomicUsize::new(0));
+    let counter = completions.clone();
+    let first_completion_after: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let watcher = {
+        let first = first_completion_after.clone();
+        tokio::spawn(async move {
+            while finished.next().await.is_some() {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut first = first.lock().await;
+                if first.is_none() {
+                    *first = Some(Instant::now());
+                }
+            }
+        })
+    };
+
+    let submitted = Arc::new(AtomicUsize::new(0));
+    let planned = Arc::new(Mutex::new(planned));
+    let submitter = {
+        let client = client.clone();
+        let ports = cluster.orchestrators.clone();
+        let planned = planned.clone();
+        let submitted = submitted.clone();
+        let total = config.sagas;
+        let concurrency = config.concurrency;
+        let pace = config.spread * u32::try_from(concurrency).unwrap_or(1)
+            / u32::try_from(total.max(1)).unwrap_or(1);
+        tokio::spawn(async move {
+            futures::stream::iter(0..total)
+                .for_each_concurrent(concurrency, |i| {
+                    let client = client.clone();
+                    let ports = ports.clone();
+                    let planned = planned.clone();
+                    let submitted = submitted.clone();
+                    async move {
+                        let mission_id = planned.lock().await[i].mission_id.clone();
+                        let body =
+                            json!({"type": "mission_reward", "input": {"mission_id": mission_id}});
+                        let key = format!("chaos-{i}");
+                        match client
+                            .call(
+                                reqwest::Method::POST,
+                                &ports,
+                                "/v1/sagas",
+                                Some(&body),
+                                Some(&key),
+                            )
+                            .await
+                        {
+                            Ok((202, saga)) => {
+                                planned.lock().await[i].saga_id =
+                                    saga["id"].as_str().map(str::to_owned);
+                            }
+                            Ok((status, problem)) => {
+                                eprintln!("a saga was refused: {status} {problem}")
+                            }
+                            Err(error) => eprintln!("a saga could not be started: {error:#}"),
+                        }
+                        submitted.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(pace).await;
+                    }
+                })
+                .await;
+        })
+    };
+
+    let mut dice = Dice(config.seed | 1);
+    let mut nats_restarted = false;
+    let mut pg_restarted = false;
+    let mut all_orchestrators_killed = false;
+    while !submitter.is_finished() {
+        tokio::time::sleep(Duration::from_millis(1000 + dice.below(2000))).await;
+        let progress = submitted.load(Ordering::SeqCst) * 100 / config.sagas.max(1);
+        if !nats_restarted && progress >= 30 {
+            cluster.nats.kill();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            cluster.nats.start()?;
+            summary.nats_restarts += 1;
+            nats_restarted = true;
+        } else if !pg_restarted && progress >= 50 && cluster.pg.is_some() {
+            if let Some(pg) = &cluster.pg {
+                pg.crash_and_restart()?;
+                summary.pg_restarts += 1;
+            }
+            pg_restarted = true;
+        } else if !all_orchestrators_killed && progress >= 70 {
+            for service in cluster
+                .services
+                .iter_mut()
+                .filter(|s| s.name.starts_with("orchestrator"))
+            {
+                service.kill();
+                summary.kills += 1;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            *first_completion_after.lock().await = None;
+            let restarted = Instant::now();
+            cluster.services[0].start()?;
+            let first = wait_first(&first_completion_after, Duration::from_secs(60)).await;
+            summary.recovery = first.map(|at| at.duration_since(restarted));
+            if summary.recovery.is_none_or(|d| d > Duration::from_secs(5)) {
+                summary.violations.push(format!(
+                    "after every orchestrator was killed, the first saga completed {:?} after one restarted (at most 5 s)",
+                    summary.recovery
+                ));
+            }
+            cluster.services[1].start()?;
+            all_orchestrators_killed = true;
+        } else {
+            let victim = usize::try_from(dice.below(cluster.services.len() as u64)).unwrap_or(0);
+            cluster.services[victim].kill();
+            summary.kills += 1;
+            tokio::time::sleep(Duration::from_millis(200 + dice.below(600))).await;
+            cluster.services[victim].start()?;
+        }
+    }
+    submitter.await?;
+    if !all_orchestrators_killed {
+        summary
+            .violations
+            .push("the run ended before every orchestrator was killed".into());
+    }
+
+    wait_for_quiet(&cluster, &client).await?;
+    watcher.abort();
+    let planned = planned.lock().await;
+    check(&cluster, &client, &planned, garbage, &mut summary).await?;
+    summary.elapsed = started.elapsed();
+    for service in cluster.services.iter_mut() {
+        service.terminate();
+    }
+    cluster.stand_in.terminate();
+    cluster.nats.terminate();
+    drop(cluster);
+    if summary.violations.is_empty() {
+        let _ = std::fs::remove_dir_all(&summary.work_dir);
+    }
+    Ok(summary)
+}
+
+async fn wait_first(first: &Arc<Mutex<Option<Instant>>>, timeout: Duration) -> Option<Instant> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(at) = *first.lock().await {
+            return Some(at);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+async fn prepare(cluster: &Cluster, client: &Client, sagas: usize) -> anyhow::Result<Vec<Planned>> {
+    use reqwest::Method;
+    let stand_in = [cluster.stand_in_port];
+    let planned = futures::stream::iter(0..sagas)
+        .map(|i| async move {
+            let kind = Kind::of(i);
+            let customer = format!("chaos-{i}");
+            let chat_id = 500_000 + i64::try_from(i).unwrap_or(0);
+            if kind != Kind::NoChat {
+                client
+                    .call(Method::PUT, &cluster.telegrams, &format!("/v1/telegram/chats/{customer}"), Some(&json!({"chat_id": chat_id})), None)
+                    .await?;
+            }
+            if kind == Kind::BlockedChat {
+                client
+                    .call(Method::POST, &stand_in, "/control/blocked", Some(&json!({"chat_id": chat_id})), None)
+                    .await?;
+            }
+            if kind == Kind::FrozenWallet {
+                client
+                    .call(Method::POST, &cluster.rewards, &format!("/v1/wallets/{customer}/freeze"), None, None)
+                    .await?;
+            }
+            let (status, mission) = client
+                .call(
+                    Method::POST,
+                    &cluster.missions,
+                    "/v1/missions",
+                    Some(&json!({"customer_id": customer, "title": format!("Chaos quest {i}"), "reward_points": 10})),
+                    None,
+                )
+                .await?;
+            if status != 201 {
+                bail!("creating a mission: {status} {mission}");
+            }
+            let mission_id = mission["id"].as_str().context("mission id")?.to_owned();
+            if kind == Kind::HeldMission {
+                client
+                    .call(Method::POST, &cluster.missions, &format!("/v1/missions/{mission_id}/hold"), None, None)
+                    .await?;
+            }
+            Ok::<_, anyhow::Error>(Planned {
+                kind,
+                chat_id,
+                mission_id,
+                saga_id: None,
+            })
+        })
+        .buffered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (status, retry_after) in [(500, None), (429, Some(1)), (502, None)] {
+        client
+            .call(
+                Method::POST,
+                &stand_in,
+                "/control/faults",
+                Some(&json!({"status": status, "count": 3, "retry_after": retry_after})),
+                None,
+            )
+            .await?;
+    }
+    Ok(planned)
+}
+
+/// Publishes garbage on command and reply subjects; returns how many.
+async fn inject_garbage(nats_url: &str) -> anyhow::Result<usize> {
+    let nats = async_nats::connect(nats_url).await?;
+    let js = async_nats::jetstream::new(nats);
+    let subjects = [
+        "cmd.mission.complete",
+        "cmd.reward.grant",
+        "reply.mission_reward",
+    ];
+    for subject in subjects {
+        js.publish(subject, "chaos garbage".into()).await?.await?;
+    }
+    Ok(subjects.len())
+}
+
+async fn wait_for_quiet(cluster: &Cluster, client: &Client) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let mut open = 0;
+        for state in ["running", "compensating"] {
+            let (_, page) = client
+                .call(
+                    reqwest::Method::GET,
+                    &cluster.orchestrators,
+                    &format!("/v1/sagas?state={state}&limit=500"),
+                    None,
+                    None,
+                )
+                .await?;
+            open += page["items"].as_array().map_or(0, Vec::len);
+        }
+        if open == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{open} sagas are still not terminal after 180 s of quiet");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn check(
+    cluster: &Cluster,
+    client: &Client,
+    planned: &[Planned],
+    garbage: usize,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    let violations = &mut summary.violations;
+    let mut db = PgConnection::connect(&cluster.database_url).await?;
+
+    let sagas: Vec<(uuid::Uuid, String, Value)> =
+        sqlx::query_as("SELECT id, state::text, context FROM orchestrator.sagas")
+            .fetch_all(&mut db)
+            .await?;
+    let sagas: HashMap<String, (String, Value)> = sagas
+        .into_iter()
+        .map(|(id, state, context)| (id.to_string(), (state, context)))
+        .collect();
+    if sagas.len() != planned.len() {
+        violations.push(format!(
+            "{} sagas stored for {} started",
+            sagas.len(),
+            planned.len()
+        ));
+    }
+    let missions: Vec<(uuid::Uuid, String, Option<uuid::Uuid>, Option<String>)> =
+        sqlx::query_as("SELECT id, status, reward_id, notification_status FROM mission.missions")
+            .fetch_all(&mut db)
+            .await?;
+    let missions: HashMap<String, (String, Option<uuid::Uuid>, Option<String>)> = missions
+        .into_iter()
+        .map(|(id, status, reward, note)| (id.to_string(), (status, reward, note)))
+        .collect();
+    let rewards: Vec<(uuid::Uuid, uuid::Uuid, String)> =
+        sqlx::query_as("SELECT id, mission_id, status FROM reward.rewards")
+            .fetch_all(&mut db)
+            .await?;
+    let mut rewards_of: HashMap<String, Vec<(uuid::Uuid, String)>> = HashMap::new();
+    for (id, mission, status) in rewards {
+        rewards_of
+            .entry(mission.to_string())
+            .or_default()
+            .push((id, status));
+    }
+    let (_, messages) = client
+        .call(
+            reqwest::Method::GET,
+            &[cluster.stand_in_port],
+            "/control/messages",
+            None,
+            None,
+        )
+        .await?;
+    let mut delivered: HashMap<i64, usize> = HashMap::new();
+    for message in messages.as_array().cloned().unwrap_or_default() {
+        if message["status"] == 200 {
+            *delivered
+                .entry(message["chat_id"].as_i64().unwrap_or(0))
+                .or_default() += 1;
+        }
+    }
+
+    for plan in planned {
+        let Some(saga_id) = &plan.saga_id else {
+            violations.push(format!(
+                "mission {}: its saga was never started",
+                plan.mission_id
+            ));
+            continue;
+        };
+        let Some((state, context)) = sagas.get(saga_id) else {
+            violations.push(format!("saga {saga_id}: not stored"));
+            continue;
+        };
+        *summary.outcomes.entry(state.clone()).or_default() += 1;
+        if state != plan.kind.expected() {
+            violations.push(format!(
+                "saga {saga_id} ({:?}): ended {state}, expected {}",
+                plan.kind,
+                plan.kind.expected()
+            ));
+        }
+        let mission = missions.get(&plan.mission_id);
+        let granted = rewards_of
+            .get(&plan.mission_id)
+            .cloned()
+            .unwrap_or_default();
+        if granted.len() > 1 {
+            violations.push(format!(
+                "mission {}: {} rewards granted",
+                plan.mission_id,
+                granted.len()
+            ));
+        }
+        let messages = delivered.get(&plan.chat_id).copied().unwrap_or(0);
+        if messages > 1 {
+            violations.push(format!("chat {}: told {messages} times", plan.chat_id));
+        }
+        match state.as_str() {
+            "completed" => {
+                let reward = context["reward_id"].as_str().unwrap_or_default();
+                let ok = mission.is_some_and(|(status, reward_id, note)| {
+                    status == "REWARDED"
+                        && reward_id.map(|r| r.to_string()).as_deref() == Some(reward)
+                        && note.is_some()
+                });
+                if !ok {
+                    violations.push(format!(
+                        "saga {saga_id}: completed but mission is {mission:?}"
+                    ));
+                }
+                if granted.iter().any(|(_, status)| status != "GRANTED") {
+                    violations.push(format!(
+                        "saga {saga_id}: completed but its reward is {granted:?}"
+                    ));
+                }
+                if plan.kind == Kind::Plain && messages != 1 {
+                    violations.push(format!(
+                        "saga {saga_id}: chat {} told {messages} times",
+                        plan.chat_id
+                    ));
+                }
+            }
+            "compensated" | "cancelled" => {
+                if !mission
+                    .is_some_and(|(status, reward_id, _)| status == "OPEN" && reward_id.is_none())
+                {
+                    violations.push(format!(
+                        "saga {saga_id}: {state} but mission is {mission:?}"
+                    ));
+                }
+                if granted.iter().any(|(_, status)| status != "REVOKED") {
+                    violations.push(format!(
+                        "saga {saga_id}: {state} but its reward is {granted:?}"
+                    ));
+                }
+                if messages != 0 {
+                    violations.push(format!("saga {saga_id}: {state} but the customer was told"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let wallets: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT w.customer_id, w.balance, \
+                COALESCE((SELECT sum(points) FROM reward.wallet_entries e WHERE e.customer_id = w.customer_id), 0)::int8, \
+                COALESCE((SELECT sum(points) FROM reward.rewards r WHERE r.customer_id = w.customer_id AND r.status = 'GRANTED'), 0)::int8 \
+         FROM reward.wallets w",
+    )
+    .fetch_all(&mut db)
+    .await?;
+    for (customer, balance, ledger, granted) in wallets {
+        if balance != ledger || balance != granted {
+            violations.push(format!(
+                "wallet {customer}: balance {balance}, ledger {ledger}, granted rewards {granted}"
+            ));
+        }
+    }
+    let debits: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
+        "SELECT r.id, (SELECT count(*) FROM reward.wallet_entries e WHERE e.reward_id = r.id AND e.kind = 'debit') \
+         FROM reward.rewards r",
+    )
+    .fetch_all(&mut db)
+    .await?;
+    let revoked: HashMap<uuid::Uuid, bool> = sqlx::query_as::<_, (uuid::Uuid, bool)>(
+        "SELECT id, status = 'REVOKED' FROM reward.rewards",
+    )
+    .fetch_all(&mut db)
+    .await?
+    .into_iter()
+    .collect();
+    for (reward, count) in debits {
+        let expected = i64::from(revoked.get(&reward).copied().unwrap_or(false));
+        if count != expected {
+            violations.push(format!("reward {reward}: debited {count} times"));
+        }
+    }
+
+    let orders: Vec<(uuid::Uuid, Vec<i16>, Vec<i16>)> = sqlx::query_as(
+        "SELECT s.id, \
+                COALESCE((SELECT array_agg(c.step_index ORDER BY c.run_order) FROM orchestrator.saga_compensations c \
+                          WHERE c.saga_id = s.id AND c.state = 'succeeded'), '{}'), \
+                COALESCE((SELECT array_agg(st.step_index ORDER BY st.step_index DESC) FROM orchestrator.saga_steps st \
+                          WHERE st.saga_id = s.id AND st.state = 'compensated'), '{}') \
+         FROM orchestrator.sagas s WHERE s.state IN ('compensated', 'cancelled')",
+    )
+    .fetch_all(&mut db)
+    .await?;
+    for (saga, ran, undone) in orders {
+        if ran != undone {
+            violations.push(format!(
+                "saga {saga}: compensations ran for steps {ran:?}, expected {undone:?}"
+            ));
+        }
+    }
+
+    let events = count_mission_events(&cluster.nats_url).await?;
+    for plan in planned {
+        let seen = events.get(&plan.mission_id).copied().unwrap_or(0);
+        // Every kind changes its mission twice: COMPLETED, then REWARDED or OPEN again.
+        if seen > 2 {
+            violations.push(format!(
+                "mission {}: {seen} MissionUpdated events, at most 2 expected",
+                plan.mission_id
+            ));
+        }
+    }
+
+    let nats = async_nats::connect(&cluster.nats_url).await?;
+    let js = async_nats::jetstream::new(nats);
+    let dlq = js.get_stream("DLQ").await?.get_info().await?;
+    let parked = usize::try_from(dlq.state.messages).unwrap_or(usize::MAX);
+    if parked != garbage {
+        violations.push(format!("{parked} dead letters, {garbage} injected"));
+    }
+    Ok(())
+}
+
+/// `MissionUpdated` events per mission in `DOMAIN_EVT`.
+async fn count_mission_events(nats_url: &str) -> anyhow::Result<HashMap<String, usize>> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    let nats = async_nats::connect(nats_url).await?;
+    let js = async_nats::jetstream::new(nats);
+    let stream = js.get_stream("DOMAIN_EVT").await?;
+    let total = stream.get_info().await?.state.messages;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: "evt.mission.MissionUpdated".into(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let mut counts = HashMap::new();
+    let mut messages = consumer.messages().await?;
+    let mut seen = 0u64;
+    while seen < total {
+        let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
+        let Ok(Some(Ok(message))) = next else {
+            break;
+        };
+        seen += 1;
+        let event = serde_json::from_slice::<Value>(&message.payload).unwrap_or_default();
+        if let Some(id) = event["id"].as_str() {
+            *counts.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    Ok(counts)
+}
