@@ -255,7 +255,20 @@ impl Engine {
 
     async fn try_fire_timers(&self, limit: i64) -> Result<(usize, Vec<OutboxMessage>), StoreError> {
         let mut tx = self.store.begin().await?;
-        let due = Store::due_timers(&mut tx, limit).await?;
+        let due: Vec<(SagaId, crate::machine::Timer)> = Store::due_timers(&mut tx, limit)
+            .await?
+            .into_iter()
+            .map(|(saga_id, timer, lag)| {
+                tracing::debug!(
+                    target: "saga_orchestrator::timers",
+                    %saga_id,
+                    kind = ?timer.kind,
+                    lag_ms = lag.as_millis() as u64,
+                    "timer fired"
+                );
+                (saga_id, timer)
+            })
+            .collect();
         if due.is_empty() {
             tx.commit().await?;
             return Ok((0, Vec::new()));

@@ -314,21 +314,23 @@ impl Store {
         Ok(fresh.into_iter().map(MessageId).collect())
     }
 
-    /// Locks up to `limit` due timers, skipping those another replica holds.
+    /// Locks up to `limit` due timers, skipping those another replica holds; each with how
+    /// late it is.
     pub async fn due_timers(
         conn: &mut PgConnection,
         limit: i64,
-    ) -> Result<Vec<(SagaId, Timer)>, StoreError> {
-        let rows: Vec<(Uuid, String, i16, String, i32)> = sqlx::query_as(
-            "SELECT saga_id, kind, step_index, phase, attempt FROM timers \
-             WHERE due_at <= now() ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+    ) -> Result<Vec<(SagaId, Timer, Duration)>, StoreError> {
+        let rows: Vec<(Uuid, String, i16, String, i32, f64)> = sqlx::query_as(
+            "SELECT saga_id, kind, step_index, phase, attempt, \
+                    extract(epoch FROM clock_timestamp() - due_at)::float8 \
+             FROM timers WHERE due_at <= now() ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(limit)
         .fetch_all(conn)
         .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(id, kind, step, phase, attempt)| {
+            .filter_map(|(id, kind, step, phase, attempt, lag)| {
                 let kind = serde_json::from_value::<TimerKind>(Value::String(kind)).ok()?;
                 let phase = serde_json::from_value::<Phase>(Value::String(phase)).ok()?;
                 Some((
@@ -339,6 +341,7 @@ impl Store {
                         phase,
                         attempt: u32::try_from(attempt).ok()?,
                     },
+                    Duration::from_secs_f64(lag.max(0.0)),
                 ))
             })
             .collect())

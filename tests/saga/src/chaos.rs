@@ -89,6 +89,10 @@ pub struct Summary {
     /// From one orchestrator's restart after every orchestrator was killed, until the first
     /// saga completed.
     pub recovery: Option<Duration>,
+    /// Timers fired, and the 99th percentile of how late they fired.
+    pub timers: (usize, Option<Duration>),
+    /// How long the SIGTERMed orchestrator took to drain and exit.
+    pub drain: Option<Duration>,
     /// How long the run took.
     pub elapsed: Duration,
     /// Broken promises, each described.
@@ -107,7 +111,9 @@ impl std::fmt::Display for Summary {
         write!(
             f,
             "chaos: sagas={} outcomes[{}] faults: kills={} nats_restarts={} pg_restarts={} \
-             recovery_after_killing_every_orchestrator={} elapsed={:.1}s violations={}",
+             recovery_after_killing_every_orchestrator={} sigterm_drain={} timers_fired={} \
+             timer_lag_p99={} elapsed={:.1}s \
+             violations={}",
             self.sagas,
             outcomes.join(" "),
             self.kills,
@@ -115,6 +121,12 @@ impl std::fmt::Display for Summary {
             self.pg_restarts,
             self.recovery
                 .map_or("n/a".to_owned(), |d| format!("{:.2}s", d.as_secs_f64())),
+            self.drain
+                .map_or("n/a".to_owned(), |d| format!("{:.2}s", d.as_secs_f64())),
+            self.timers.0,
+            self.timers
+                .1
+                .map_or("n/a".to_owned(), |d| format!("{}ms", d.as_millis())),
             self.elapsed.as_secs_f64(),
             self.violations.len(),
         )
@@ -189,20 +201,24 @@ impl Process {
         }
     }
 
-    fn terminate(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id().to_string();
-            let _ = Command::new("kill").args(["-TERM", &pid]).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+    /// SIGTERM, then waits up to 10 s; returns whether it exited 0 in time, and how long
+    /// it took (a process that does not exit in time is killed).
+    fn terminate(&mut self) -> (bool, Duration) {
+        let started = Instant::now();
+        let Some(mut child) = self.child.take() else {
+            return (true, Duration::ZERO);
+        };
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (status.success(), started.elapsed());
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        (false, started.elapsed())
     }
 }
 
@@ -366,10 +382,12 @@ struct Planned {
     saga_id: Option<String>,
 }
 
-/// The HTTP side: calls a service through whichever of its replicas answers.
+/// The HTTP side: calls a service through whichever of its replicas answers, and counts the
+/// calls each port failed.
 #[derive(Clone)]
 struct Client {
     http: reqwest::Client,
+    failures: Arc<std::sync::Mutex<HashMap<u16, usize>>>,
 }
 
 impl Client {
@@ -401,13 +419,29 @@ impl Client {
                     let value = response.json().await.unwrap_or(Value::Null);
                     return Ok((status, value));
                 }
-                Ok(response) if Instant::now() > deadline => {
-                    bail!("{method} {path}: {}", response.status())
-                }
-                Err(error) if Instant::now() > deadline => bail!("{method} {path}: {error}"),
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                _ => self.failed(port),
             }
+            if Instant::now() > deadline {
+                bail!("{method} {path}: no replica answered");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    fn failed(&self, port: u16) {
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *failures.entry(port).or_default() += 1;
+    }
+
+    fn failures(&self, port: u16) -> usize {
+        let failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        failures.get(&port).copied().unwrap_or(0)
     }
 }
 
@@ -496,7 +530,11 @@ impl Cluster {
                     "SAGA_TELEGRAM_API_BASE".to_owned(),
                     format!("http://127.0.0.1:{stand_in_port}"),
                 ),
-                ("RUST_LOG".to_owned(), "warn,saga_runtime=info".to_owned()),
+                (
+                    "RUST_LOG".to_owned(),
+                    "warn,saga_runtime=info,saga_orchestrator::timers=debug".to_owned(),
+                ),
+                ("SAGA_LOG_FORMAT".to_owned(), "json".to_owned()),
             ];
             env.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
             env
@@ -605,6 +643,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()?,
+        failures: Arc::default(),
     };
     let mut summary = Summary {
         sagas: config.sagas,
@@ -687,6 +726,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
     let mut nats_restarted = false;
     let mut pg_restarted = false;
     let mut all_orchestrators_killed = false;
+    let mut drained = false;
     while !submitter.is_finished() {
         tokio::time::sleep(Duration::from_millis(1000 + dice.below(2000))).await;
         let progress = submitted.load(Ordering::SeqCst) * 100 / config.sagas.max(1);
@@ -702,6 +742,27 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
                 summary.pg_restarts += 1;
             }
             pg_restarted = true;
+        } else if !drained && progress >= 85 {
+            // SIGTERM one orchestrator under load: it must drain and exit 0 within 10 s, and
+            // the other must not fail a single request meanwhile.
+            cluster.wait_ready(cluster.orchestrators[0]).await?;
+            let before = client.failures(cluster.orchestrators[0]);
+            let (clean, took) = cluster.services[1].terminate();
+            if !clean {
+                summary.violations.push(format!(
+                    "orchestrator-2 did not exit 0 within 10 s of SIGTERM ({took:?})"
+                ));
+            }
+            cluster.services[1].start()?;
+            cluster.wait_ready(cluster.orchestrators[1]).await?;
+            let failed = client.failures(cluster.orchestrators[0]) - before;
+            if failed > 0 {
+                summary.violations.push(format!(
+                    "{failed} requests to orchestrator-1 failed while orchestrator-2 drained"
+                ));
+            }
+            summary.drain = Some(took);
+            drained = true;
         } else if !all_orchestrators_killed && progress >= 70 {
             for service in cluster
                 .services
@@ -734,19 +795,35 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
         }
     }
     submitter.await?;
-    if !all_orchestrators_killed {
+    if !all_orchestrators_killed || !drained {
         summary
             .violations
-            .push("the run ended before every orchestrator was killed".into());
+            .push("the run ended before every fault was injected".into());
     }
 
     wait_for_quiet(&cluster, &client).await?;
     watcher.abort();
     let planned = planned.lock().await;
     check(&cluster, &client, &planned, garbage, &mut summary).await?;
+    summary.timers = timer_lag(&summary.work_dir)?;
+    if summary
+        .timers
+        .1
+        .is_some_and(|p99| p99 > Duration::from_secs(1))
+    {
+        summary
+            .violations
+            .push(format!("timer lag p99 {:?} is over 1 s", summary.timers.1));
+    }
     summary.elapsed = started.elapsed();
     for service in cluster.services.iter_mut() {
-        service.terminate();
+        let (clean, took) = service.terminate();
+        if !clean {
+            summary.violations.push(format!(
+                "{} did not exit 0 within 10 s of SIGTERM ({took:?})",
+                service.name
+            ));
+        }
     }
     cluster.stand_in.terminate();
     cluster.nats.terminate();
@@ -1093,6 +1170,35 @@ async fn check(
         violations.push(format!("{parked} dead letters, {garbage} injected"));
     }
     Ok(())
+}
+
+/// How many timers the orchestrators fired and the 99th percentile of their lag, from the
+/// `timer fired` lines of their JSON logs.
+fn timer_lag(work: &Path) -> anyhow::Result<(usize, Option<Duration>)> {
+    let mut lags = Vec::new();
+    for entry in std::fs::read_dir(work)?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.starts_with("orchestrator") {
+            continue;
+        }
+        for line in std::fs::read_to_string(entry.path())?.lines() {
+            let Ok(event) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if event["message"] != "timer fired" {
+                continue;
+            }
+            if let Some(lag) = event["lag_ms"].as_u64() {
+                lags.push(lag);
+            }
+        }
+    }
+    lags.sort_unstable();
+    let p99 = (!lags.is_empty()).then(|| {
+        let rank = (lags.len() * 99).div_ceil(100).clamp(1, lags.len());
+        Duration::from_millis(lags[rank - 1])
+    });
+    Ok((lags.len(), p99))
 }
 
 /// `MissionUpdated` events per mission in `DOMAIN_EVT`.
