@@ -149,6 +149,33 @@ impl Orchestrator {
             &self.topology.stream_subjects(Stream::Replies),
         )
         .await?;
+        tasks.spawn(runtime::metrics::run_gauges(
+            "orchestrator",
+            self.engine.publisher().clone(),
+            Some(consumer.clone()),
+            shutdown.clone(),
+        ));
+        tasks.spawn(runtime::metrics::run_upkeep(shutdown.clone()));
+        let store = self.engine.store().clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                match store.activity().await {
+                    Ok((counts, oldest)) => {
+                        for (state, count) in counts {
+                            metrics::gauge!(runtime::metrics::SAGAS_ACTIVE, "state" => state)
+                                .set(count as f64);
+                        }
+                        metrics::gauge!(runtime::metrics::OLDEST_ACTIVE).set(oldest);
+                    }
+                    Err(error) => tracing::warn!(%error, "reading saga activity failed"),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+                }
+            }
+        });
         for _ in 0..self.config.reply_consumers.max(1) {
             let engine = self.engine.clone();
             let js = self.js.clone();
@@ -201,6 +228,7 @@ impl Orchestrator {
         let router = api
             .merge(self.health())
             .merge(runtime::http::openapi_route(openapi))
+            .merge(runtime::metrics::route())
             .fallback(runtime::problem::route_not_found);
         let mut tasks = JoinSet::new();
         self.spawn_background(&mut tasks, &shutdown).await?;

@@ -230,6 +230,7 @@ impl Engine {
         }
         store::apply(&mut tx, &changes).await?;
         tx.commit().await?;
+        changes.iter().for_each(crate::observe::record);
         let outbox = changes.into_iter().flat_map(|c| c.outbox).collect();
         Ok((outcomes, outbox))
     }
@@ -259,6 +260,7 @@ impl Engine {
             .await?
             .into_iter()
             .map(|(saga_id, timer, lag)| {
+                metrics::histogram!(runtime::metrics::TIMER_LAG).record(lag.as_secs_f64());
                 tracing::debug!(
                     target: "saga_orchestrator::timers",
                     %saga_id,
@@ -311,6 +313,7 @@ impl Engine {
         }
         store::apply(&mut tx, &changes).await?;
         tx.commit().await?;
+        changes.iter().for_each(crate::observe::record);
         let outbox = changes.into_iter().flat_map(|c| c.outbox).collect();
         Ok((due.len(), outbox))
     }
@@ -396,6 +399,7 @@ impl Engine {
         }
         store::apply(&mut tx, &changes).await?;
         tx.commit().await?;
+        changes.iter().for_each(crate::observe::record);
         let outbox = changes.into_iter().flat_map(|c| c.outbox).collect();
         Ok((outcomes, outbox))
     }
@@ -417,8 +421,10 @@ impl Engine {
             .change(None, started.saga.clone(), started.effects, trace)
             .map_err(|e| StoreError::Corrupt(saga.id.0, e.to_string()))?;
         let outbox = change.outbox.clone();
+        let observed = change.clone();
         match self.store.create(change, idempotency).await? {
             Ok(()) => {
+                crate::observe::record(&observed);
                 if let Err(error) = self.publisher.publish(&outbox).await {
                     tracing::warn!(%error, "publishing the first command failed; the relay will retry");
                 }

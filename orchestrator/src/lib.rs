@@ -7,4 +7,5 @@ pub mod dead_letters;
 pub mod definition;
 pub mod engine;
 pub mod machine;
+pub mod observe;
 pub mod store;

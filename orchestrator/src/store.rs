@@ -365,6 +365,24 @@ impl Store {
         Ok(())
     }
 
+    /// How many sagas are running, compensating and failed, and how long ago the least
+    /// recently changed running or compensating saga changed.
+    pub async fn activity(&self) -> Result<(Vec<(String, i64)>, f64), StoreError> {
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT s.state, (SELECT count(*) FROM sagas WHERE state = s.state::saga_state) \
+             FROM UNNEST(ARRAY['running', 'compensating', 'failed']) AS s(state)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let oldest: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM now() - min(updated_at))::float8 FROM sagas \
+             WHERE state IN ('running', 'compensating')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((counts, oldest.unwrap_or(0.0)))
+    }
+
     /// Forgets inbox entries older than `age` (a reply older than that is not redelivered).
     pub async fn prune_inbox(&self, age: Duration) -> Result<u64, StoreError> {
         let done =

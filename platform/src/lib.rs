@@ -133,6 +133,7 @@ impl Platform {
         openapi.info.title = "Reward saga platform".into();
         let router = router
             .merge(runtime::http::openapi_route(openapi))
+            .merge(runtime::metrics::route())
             .fallback(runtime::problem::route_not_found);
 
         let mut background = JoinSet::new();

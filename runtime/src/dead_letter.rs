@@ -44,6 +44,7 @@ pub async fn park(
         .await?
         .await?;
     message.ack_with(jetstream::AckKind::Term).await?;
+    metrics::counter!(crate::metrics::DEAD_LETTERS, "consumer" => consumer).increment(1);
     tracing::warn!(subject = %message.subject, reason, "message dead-lettered");
     Ok(())
 }

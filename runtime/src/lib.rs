@@ -9,6 +9,7 @@ pub mod db;
 pub mod dead_letter;
 pub mod http;
 pub mod jetstream;
+pub mod metrics;
 pub mod outbox;
 pub mod problem;
 pub mod shutdown;

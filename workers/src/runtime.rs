@@ -131,6 +131,12 @@ impl<H: Handler> CommandLoop<H> {
             &self.topology.worker_commands(worker),
         )
         .await?;
+        let gauges = tokio::spawn(runtime::metrics::run_gauges(
+            worker.as_str(),
+            self.publisher.clone(),
+            Some(consumer.clone()),
+            shutdown.clone(),
+        ));
         let relay = {
             let publisher = self.publisher.clone();
             let stop = shutdown.clone();
@@ -158,6 +164,7 @@ impl<H: Handler> CommandLoop<H> {
             task.await?;
         }
         relay.await?;
+        gauges.await?;
         Ok(())
     }
 
@@ -540,6 +547,7 @@ pub async fn serve_worker(
     let router = routes
         .merge(runtime::http::health_routes(context.readiness.clone()))
         .merge(runtime::http::openapi_route(openapi))
+        .merge(runtime::metrics::route())
         .fallback(runtime::problem::route_not_found);
     let readiness = context.readiness.clone();
     let stop = shutdown.clone();

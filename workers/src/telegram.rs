@@ -370,7 +370,7 @@ impl BotClient {
     /// While the breaker is open it answers `telegram_circuit_open` without calling.
     pub async fn send_message(&self, chat_id: i64, text: &str) -> Result<i64, SendFailure> {
         let call = self.call(chat_id, text);
-        match self
+        let answer = match self
             .breaker
             .call_with(SendFailure::trips_breaker, call)
             .await
@@ -388,7 +388,15 @@ impl BotClient {
                     ),
                 )
             }),
-        }
+        };
+        let result = match &answer {
+            Ok(_) => "sent".to_owned(),
+            Err(failure) => failure.code.to_string(),
+        };
+        metrics::counter!(runtime::metrics::TELEGRAM_CALLS, "result" => result).increment(1);
+        let open = matches!(&answer, Err(f) if f.code == codes::CIRCUIT_OPEN);
+        metrics::gauge!(runtime::metrics::TELEGRAM_CIRCUIT_OPEN).set(if open { 1.0 } else { 0.0 });
+        answer
     }
 
     async fn call(&self, chat_id: i64, text: &str) -> Result<i64, SendFailure> {
