@@ -5,6 +5,7 @@
 #   ./dev.sh test      make sure PostgreSQL and NATS run, then run the whole test suite
 #   ./dev.sh down      stop the platform started by `up`
 #   ./dev.sh bench [N] [C]   run the benchmark against the running platform
+#   ./dev.sh screenshot [PATH]  headless Chromium screenshot of the running platform's saga page
 #   ./dev.sh services  only install and start PostgreSQL and NATS (what CI needs)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -116,10 +117,26 @@ down() {
   rm -f "$pidfile"
 }
 
+ensure_chromium() {
+  if [ ! -x /usr/bin/chromium ]; then say "installing Chromium (for the saga page's browser test)"; apt_install chromium; fi
+}
+
 run_tests() {
   ensure_toolchain
   services
+  ensure_chromium
   cargo test --workspace --all-targets
+}
+
+screenshot() {
+  ensure_chromium
+  local base="http://${SAGA_GATEWAY_ADDR:-127.0.0.1:8080}" out="$RUN_DIR/saga-page.png" profile
+  profile=$(mktemp -d)
+  /usr/bin/chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage \
+    --disable-background-networking --disable-component-update --disable-sync --no-first-run \
+    --user-data-dir="$profile" --window-size=1280,900 --screenshot="$out" "$base${1:-/ui}" 2>/dev/null
+  rm -rf "$profile"
+  echo "screenshot of $base${1:-/ui} written to $out"
 }
 
 bench() {
@@ -135,5 +152,6 @@ case "${1:-}" in
   test) run_tests ;;
   services) services ;;
   bench) shift; bench "$@" ;;
-  *) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  screenshot) shift; screenshot "$@" ;;
+  *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -77,6 +77,8 @@ pub struct SagaView {
     pub state: String,
     /// Why it stopped going forward early: `cancelled` or `deadline_exceeded`.
     pub stop_reason: Option<String>,
+    /// The W3C trace id of the saga: one trace from `POST /v1/sagas` through every worker.
+    pub trace_id: Option<String>,
     /// What it was started with.
     #[schema(value_type = Object)]
     pub input: Map<String, Value>,
@@ -166,6 +168,7 @@ impl From<Saga> for SagaView {
             definition_version: saga.definition_version,
             state: saga.state.as_str().to_owned(),
             stop_reason: saga.stop.map(|r| text(&r)),
+            trace_id: saga.trace_id.clone(),
             input: saga.input,
             context: saga.context,
             steps: saga
@@ -213,6 +216,23 @@ fn canonical(value: &Value) -> Value {
 fn request_hash(body: &StartSaga) -> Vec<u8> {
     let canonical = canonical(&serde_json::json!({"type": body.saga_type, "input": body.input}));
     Sha256::digest(canonical.to_string().as_bytes()).to_vec()
+}
+
+/// The trace id of the caller's W3C `traceparent`, or a new one: the saga's whole trace.
+fn trace_id_of(headers: &HeaderMap) -> String {
+    let given = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .filter(|id| {
+            id.len() == 32
+                && id.chars().all(|c| c.is_ascii_hexdigit())
+                && id.chars().any(|c| c != '0')
+        });
+    match given {
+        Some(id) => id.to_ascii_lowercase(),
+        None => uuid::Uuid::new_v4().simple().to_string(),
+    }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -349,14 +369,14 @@ async fn start_saga(
             .check_reference(reference.field, reference.owner, reference.lookup, &input)
             .await?;
     }
-    let trace = BTreeMap::new();
+    let trace_id = trace_id_of(&headers);
     let started = state
         .engine
         .start(
             &definition,
             input,
             key.as_deref().map(|k| (k, hash.as_slice())),
-            &trace,
+            trace_id,
         )
         .await
         .map_err(|e| ApiError::internal(&e))?;
@@ -737,6 +757,7 @@ mod tests {
             input: Map::new(),
             context: Map::new(),
             stop_reason: None,
+            trace_id: None,
             steps: vec![],
             compensations: vec![],
             created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).expect("time"),

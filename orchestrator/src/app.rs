@@ -42,6 +42,8 @@ pub struct Config {
     pub reply_consumers: usize,
     /// How often due timers are looked for, in ms (`SAGA_TIMER_INTERVAL_MS`).
     pub timer_interval_ms: u64,
+    /// Where the trace viewer shows a trace, `{trace_id}` replaced (`SAGA_TRACE_URL_TEMPLATE`).
+    pub trace_url_template: String,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             reply_batch: 256,
             reply_consumers: 2,
             timer_interval_ms: 100,
+            trace_url_template: "http://127.0.0.1:16686/trace/{trace_id}".into(),
         }
     }
 }
@@ -123,6 +126,14 @@ impl Orchestrator {
     /// The public routes (`/v1/sagas...`) and their OpenAPI description.
     pub fn api(&self) -> (Router, OpenApi) {
         api::router(self.api.clone()).split_for_parts()
+    }
+
+    /// The saga page (`/ui`).
+    pub fn ui(&self) -> Router {
+        crate::ui::router(crate::ui::UiState {
+            api: self.api.clone(),
+            trace_url_template: self.config.trace_url_template.clone(),
+        })
     }
 
     /// `/healthz` and `/readyz`.
@@ -229,6 +240,7 @@ impl Orchestrator {
             .merge(self.health())
             .merge(runtime::http::openapi_route(openapi))
             .merge(runtime::metrics::route())
+            .merge(self.ui())
             .fallback(runtime::problem::route_not_found);
         let mut tasks = JoinSet::new();
         self.spawn_background(&mut tasks, &shutdown).await?;

@@ -19,9 +19,8 @@ use crate::store::{self, Change, Store, StoreError, Stored, TimerChange};
 /// How often a batch is retried after a version conflict or deadlock.
 const TRANSIENT_RETRIES: usize = 8;
 
-/// A saga being moved by a batch: its state so far, the effects so far, the trace context of
-/// the last reply applied.
-type Pending = (Saga, Vec<Effect>, BTreeMap<String, String>);
+/// A saga being moved by a batch: its state so far and the effects so far.
+type Pending = (Saga, Vec<Effect>);
 
 /// What happened to one reply of a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,7 +83,6 @@ impl Engine {
         before: Option<Stored>,
         after: Saga,
         effects: Vec<Effect>,
-        trace: &BTreeMap<String, String>,
     ) -> Result<Change, serde_json::Error> {
         let mut timer = TimerChange::default();
         let mut outbox = Vec::new();
@@ -100,7 +98,7 @@ impl Engine {
                         step_index: command.step_index,
                         phase: command.phase,
                         attempt: command.attempt,
-                        headers: trace.clone(),
+                        headers: trace_headers(&after, command.message_id.0),
                         body: command.body,
                     };
                     let subject = self.topology.command_subject(command.action);
@@ -114,7 +112,8 @@ impl Engine {
                         saga_type: after.saga_type.clone(),
                         state: state.as_str().to_owned(),
                     });
-                    outbox.push(OutboxMessage::new(self.event(&event, trace)?));
+                    let headers = trace_headers(&after, uuid::Uuid::new_v4());
+                    outbox.push(OutboxMessage::new(self.event(&event, headers)?));
                 }
             }
         }
@@ -129,12 +128,12 @@ impl Engine {
     fn event(
         &self,
         event: &DomainEvent,
-        trace: &BTreeMap<String, String>,
+        headers: BTreeMap<String, String>,
     ) -> Result<Outgoing, serde_json::Error> {
         let (context, name) = event.subject_tokens();
         Ok(Outgoing {
             subject: self.topology.event_subject(context, name),
-            headers: trace.clone(),
+            headers,
             payload: serde_json::to_vec(event)?,
         })
     }
@@ -190,7 +189,7 @@ impl Engine {
             };
             let entry = current
                 .entry(reply.saga_id)
-                .or_insert_with(|| (stored.saga.clone(), Vec::new(), reply.headers.clone()));
+                .or_insert_with(|| (stored.saga.clone(), Vec::new()));
             let Some(definition) = self.definition(&entry.0) else {
                 outcomes.push(ReplyOutcome::Unknown(format!(
                     "no definition {} v{}",
@@ -208,7 +207,6 @@ impl Engine {
                 Ok(next) => {
                     entry.0 = next.saga;
                     entry.1.extend(next.effects);
-                    entry.2 = reply.headers.clone();
                     outcomes.push(ReplyOutcome::Applied);
                 }
                 Err(ignored) => {
@@ -218,13 +216,13 @@ impl Engine {
             }
         }
         let mut changes = Vec::with_capacity(current.len());
-        for (id, (saga, effects, trace)) in current {
+        for (id, (saga, effects)) in current {
             let before = loaded.get(&id).cloned();
             if before.as_ref().is_some_and(|b| b.saga == saga) {
                 continue;
             }
             changes.push(
-                self.change(before, saga, effects, &trace)
+                self.change(before, saga, effects)
                     .map_err(|e| StoreError::Corrupt(id.0, e.to_string()))?,
             );
         }
@@ -307,7 +305,7 @@ impl Engine {
                 continue;
             }
             let change = self
-                .change(before, saga, effects, &BTreeMap::new())
+                .change(before, saga, effects)
                 .map_err(|e| StoreError::Corrupt(id.0, e.to_string()))?;
             changes.push(change);
         }
@@ -383,12 +381,7 @@ impl Engine {
                     let saga = next.saga.clone();
                     if saga != stored.saga {
                         let change = self
-                            .change(
-                                Some(stored.clone()),
-                                next.saga,
-                                next.effects,
-                                &BTreeMap::new(),
-                            )
+                            .change(Some(stored.clone()), next.saga, next.effects)
                             .map_err(|e| StoreError::Corrupt(id.0, e.to_string()))?;
                         changes.push(change);
                     }
@@ -411,14 +404,15 @@ impl Engine {
         definition: &SagaDefinition,
         input: serde_json::Map<String, Value>,
         idempotency: Option<(&str, &[u8])>,
-        trace: &BTreeMap<String, String>,
+        trace_id: String,
     ) -> Result<Result<Saga, store::KeyedSaga>, StoreError> {
         let now = Utc::now();
-        let saga = Saga::new(definition, SagaId::new(), input, now);
+        let mut saga = Saga::new(definition, SagaId::new(), input, now);
+        saga.trace_id = Some(trace_id);
         let started = transition(definition, &saga, &Input::Start, now)
             .map_err(|e| StoreError::Corrupt(saga.id.0, e.to_string()))?;
         let change = self
-            .change(None, started.saga.clone(), started.effects, trace)
+            .change(None, started.saga.clone(), started.effects)
             .map_err(|e| StoreError::Corrupt(saga.id.0, e.to_string()))?;
         let outbox = change.outbox.clone();
         let observed = change.clone();
@@ -433,4 +427,24 @@ impl Engine {
             Err(existing) => Ok(Err(existing)),
         }
     }
+}
+
+/// The `traceparent` of a saga's message: the saga's trace id and a span id derived from
+/// `span_seed` (a command's id, so that every attempt has its own stable span).
+fn trace_headers(saga: &Saga, span_seed: uuid::Uuid) -> BTreeMap<String, String> {
+    let mut headers = BTreeMap::new();
+    if let Some(trace_id) = &saga.trace_id {
+        let bytes = span_seed.as_bytes();
+        let mut span = u64::from_be_bytes([
+            bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15],
+        ]);
+        if span == 0 {
+            span = 1;
+        }
+        headers.insert(
+            "traceparent".into(),
+            format!("00-{trace_id}-{span:016x}-01"),
+        );
+    }
+    headers
 }

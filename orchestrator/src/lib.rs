@@ -9,3 +9,4 @@ pub mod engine;
 pub mod machine;
 pub mod observe;
 pub mod store;
+pub mod ui;

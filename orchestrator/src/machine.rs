@@ -181,6 +181,9 @@ pub struct Saga {
     /// as no step is in flight.
     #[serde(default)]
     pub stop: Option<StopReason>,
+    /// The W3C trace id every message of the saga carries.
+    #[serde(default)]
+    pub trace_id: Option<String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -217,6 +220,7 @@ impl Saga {
                 .collect(),
             compensations: Vec::new(),
             stop: None,
+            trace_id: None,
             created_at: now,
             updated_at: now,
         }

@@ -124,7 +124,7 @@ pub struct Store {
 }
 
 const SELECT_SAGAS: &str = "SELECT s.id, s.saga_type, s.definition_version, s.state::text AS state, \
-     s.input, s.context, s.version, s.created_at, s.updated_at, s.stop_reason, \
+     s.input, s.context, s.version, s.created_at, s.updated_at, s.stop_reason, s.trace_id, \
      COALESCE((SELECT jsonb_agg(to_jsonb(st) ORDER BY st.step_index) FROM saga_steps st \
                WHERE st.saga_id = s.id), '[]') AS steps, \
      COALESCE((SELECT jsonb_agg(to_jsonb(c) ORDER BY c.step_index) FROM saga_compensations c \
@@ -143,6 +143,7 @@ struct SagaRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     stop_reason: Option<String>,
+    trace_id: Option<String>,
     steps: Value,
     compensations: Value,
 }
@@ -169,6 +170,7 @@ impl SagaRow {
                 stop: self
                     .stop_reason
                     .and_then(|r| serde_json::from_value(Value::String(r)).ok()),
+                trace_id: self.trace_id,
                 created_at: self.created_at,
                 updated_at: self.updated_at,
             },
@@ -269,8 +271,8 @@ impl Store {
         let saga = &change.after;
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO sagas (id, saga_type, definition_version, state, input, context, \
-             idempotency_key, request_hash, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4::saga_state, $5, $6, $7, $8, $9, $9) \
+             idempotency_key, request_hash, created_at, updated_at, trace_id) \
+             VALUES ($1, $2, $3, $4::saga_state, $5, $6, $7, $8, $9, $9, $10) \
              ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         )
         .bind(saga.id.0)
@@ -282,6 +284,7 @@ impl Store {
         .bind(idempotency.map(|(k, _)| k))
         .bind(idempotency.map(|(_, h)| h))
         .bind(saga.created_at)
+        .bind(saga.trace_id.as_deref())
         .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_none() {

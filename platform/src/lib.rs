@@ -125,7 +125,9 @@ impl Platform {
         let telegram = TelegramWorker::new(telegram_ctx.pool.clone(), &settings.telegram)?;
 
         let (orchestrator_api, mut openapi) = orchestrator.api();
-        let mut router = orchestrator_api.merge(orchestrator.health());
+        let mut router = orchestrator_api
+            .merge(orchestrator.health())
+            .merge(orchestrator.ui());
         for (routes, doc) in [mission.api(), reward.api(), telegram.api()] {
             router = router.merge(routes);
             openapi.merge(doc);
