@@ -48,6 +48,9 @@ pub struct Envelope<B> {
     pub phase: Phase,
     /// 1 for the first attempt; a re-send after a timeout keeps the attempt (and message id).
     pub attempt: u32,
+    /// When the orchestrator first sent this attempt's command (a reply carries it back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Trace-context headers (`traceparent`, `tracestate`); carried as NATS headers.
     #[serde(skip)]
     pub headers: BTreeMap<String, String>,
@@ -68,6 +71,7 @@ impl<B> Envelope<B> {
             step_index: self.step_index,
             phase: self.phase,
             attempt: self.attempt,
+            sent_at: self.sent_at,
             headers: self.headers.clone(),
             body,
         }

@@ -218,6 +218,24 @@ fn request_hash(body: &StartSaga) -> Vec<u8> {
     Sha256::digest(canonical.to_string().as_bytes()).to_vec()
 }
 
+/// The saga's trace: the trace id and span id of this request's span when tracing is on, else
+/// the caller's trace id (or a new one) and a new span id.
+fn saga_trace(headers: &HeaderMap) -> (String, String) {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let current = span.span_context();
+    if current.is_valid() {
+        return (
+            current.trace_id().to_string(),
+            current.span_id().to_string(),
+        );
+    }
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    (trace_id_of(headers), random[..16].to_owned())
+}
+
 /// The trace id of the caller's W3C `traceparent`, or a new one: the saga's whole trace.
 fn trace_id_of(headers: &HeaderMap) -> String {
     let given = headers
@@ -369,14 +387,14 @@ async fn start_saga(
             .check_reference(reference.field, reference.owner, reference.lookup, &input)
             .await?;
     }
-    let trace_id = trace_id_of(&headers);
+    let trace = saga_trace(&headers);
     let started = state
         .engine
         .start(
             &definition,
             input,
             key.as_deref().map(|k| (k, hash.as_slice())),
-            trace_id,
+            trace,
         )
         .await
         .map_err(|e| ApiError::internal(&e))?;

@@ -98,6 +98,7 @@ impl Engine {
                         step_index: command.step_index,
                         phase: command.phase,
                         attempt: command.attempt,
+                        sent_at: Some(after.updated_at),
                         headers: trace_headers(&after, command.message_id.0),
                         body: command.body,
                     };
@@ -167,6 +168,7 @@ impl Engine {
         replies: &[Envelope<Reply>],
     ) -> Result<(Vec<ReplyOutcome>, Vec<OutboxMessage>), StoreError> {
         let mut tx = self.store.begin().await?;
+        let mut spans = Vec::new();
         let ids: Vec<MessageId> = replies.iter().map(|r| r.message_id).collect();
         let fresh = Store::admit(&mut tx, &ids).await?;
         let saga_ids: Vec<SagaId> = replies
@@ -207,6 +209,7 @@ impl Engine {
                 Ok(next) => {
                     entry.0 = next.saga;
                     entry.1.extend(next.effects);
+                    spans.extend(attempt_span(&entry.0, reply));
                     outcomes.push(ReplyOutcome::Applied);
                 }
                 Err(ignored) => {
@@ -230,6 +233,7 @@ impl Engine {
         tx.commit().await?;
         changes.iter().for_each(crate::observe::record);
         let outbox = changes.into_iter().flat_map(|c| c.outbox).collect();
+        spans.into_iter().for_each(runtime::telemetry::record_span);
         Ok((outcomes, outbox))
     }
 
@@ -404,11 +408,12 @@ impl Engine {
         definition: &SagaDefinition,
         input: serde_json::Map<String, Value>,
         idempotency: Option<(&str, &[u8])>,
-        trace_id: String,
+        trace: (String, String),
     ) -> Result<Result<Saga, store::KeyedSaga>, StoreError> {
         let now = Utc::now();
         let mut saga = Saga::new(definition, SagaId::new(), input, now);
-        saga.trace_id = Some(trace_id);
+        saga.trace_id = Some(trace.0);
+        saga.trace_root_span = Some(trace.1);
         let started = transition(definition, &saga, &Input::Start, now)
             .map_err(|e| StoreError::Corrupt(saga.id.0, e.to_string()))?;
         let change = self
@@ -434,17 +439,62 @@ impl Engine {
 fn trace_headers(saga: &Saga, span_seed: uuid::Uuid) -> BTreeMap<String, String> {
     let mut headers = BTreeMap::new();
     if let Some(trace_id) = &saga.trace_id {
-        let bytes = span_seed.as_bytes();
-        let mut span = u64::from_be_bytes([
-            bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15],
-        ]);
-        if span == 0 {
-            span = 1;
-        }
         headers.insert(
             "traceparent".into(),
-            format!("00-{trace_id}-{span:016x}-01"),
+            runtime::telemetry::traceparent(trace_id, span_of(span_seed)),
         );
     }
     headers
+}
+
+/// The span id of the attempt a command (or event) id stands for.
+fn span_of(id: uuid::Uuid) -> u64 {
+    let bytes = id.as_bytes();
+    let span = u64::from_be_bytes([
+        bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15],
+    ]);
+    span.max(1)
+}
+
+/// The span of a step attempt (or compensation attempt) that a reply ended: child of the
+/// request that started the saga, with the span id its command carried.
+fn attempt_span(saga: &Saga, reply: &Envelope<Reply>) -> Option<runtime::telemetry::FinishedSpan> {
+    use opentelemetry::KeyValue;
+    let trace_id = saga.trace_id.clone()?;
+    let root = u64::from_str_radix(saga.trace_root_span.as_deref()?, 16).ok()?;
+    let command = reply.correlation_id?;
+    let end = std::time::SystemTime::now();
+    let start = reply.sent_at.map_or(end, std::time::SystemTime::from);
+    let kind = match reply.phase {
+        contracts::Phase::Forward => "step",
+        contracts::Phase::Compensate => "compensation",
+    };
+    let text = |value: Option<&Value>| value.and_then(Value::as_str).unwrap_or_default().to_owned();
+    let mut attributes = vec![
+        KeyValue::new("saga.id", saga.id.to_string()),
+        KeyValue::new("saga.type", saga.saga_type.clone()),
+        KeyValue::new("saga.step", reply.step.clone()),
+        KeyValue::new("saga.attempt", i64::from(reply.attempt)),
+        KeyValue::new("saga.phase", reply.phase.as_str()),
+        KeyValue::new("customer.id", text(saga.context.get("customer_id"))),
+        KeyValue::new("mission.id", text(saga.input.get("mission_id"))),
+    ];
+    let error = match &reply.body {
+        Reply::Succeeded { .. } => None,
+        Reply::Failed(failure) => {
+            attributes.push(KeyValue::new("error.type", failure.code.clone()));
+            attributes.push(KeyValue::new("error.retryable", failure.retryable));
+            Some(format!("{}: {}", failure.code, failure.message))
+        }
+    };
+    Some(runtime::telemetry::FinishedSpan {
+        name: format!("saga.{kind} {}", reply.step),
+        trace_id,
+        parent_span_id: root,
+        span_id: span_of(command.0),
+        start,
+        end,
+        attributes,
+        error,
+    })
 }

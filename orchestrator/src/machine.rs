@@ -184,6 +184,9 @@ pub struct Saga {
     /// The W3C trace id every message of the saga carries.
     #[serde(default)]
     pub trace_id: Option<String>,
+    /// The span id (16 hex digits) of the request that started the saga.
+    #[serde(default)]
+    pub trace_root_span: Option<String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -221,6 +224,7 @@ impl Saga {
             compensations: Vec::new(),
             stop: None,
             trace_id: None,
+            trace_root_span: None,
             created_at: now,
             updated_at: now,
         }

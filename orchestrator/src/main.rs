@@ -5,8 +5,10 @@ use saga_orchestrator::app::{Config, Orchestrator};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    runtime::telemetry::init();
+    let telemetry = runtime::telemetry::init("orchestrator");
     let config: Config = runtime::config::load()?;
     let shutdown = runtime::shutdown::on_signal();
-    Orchestrator::build(config).await?.run(shutdown).await
+    let result = Orchestrator::build(config).await?.run(shutdown).await;
+    telemetry.shutdown().await;
+    result
 }

@@ -125,6 +125,7 @@ pub struct Store {
 
 const SELECT_SAGAS: &str = "SELECT s.id, s.saga_type, s.definition_version, s.state::text AS state, \
      s.input, s.context, s.version, s.created_at, s.updated_at, s.stop_reason, s.trace_id, \
+     s.trace_root_span, \
      COALESCE((SELECT jsonb_agg(to_jsonb(st) ORDER BY st.step_index) FROM saga_steps st \
                WHERE st.saga_id = s.id), '[]') AS steps, \
      COALESCE((SELECT jsonb_agg(to_jsonb(c) ORDER BY c.step_index) FROM saga_compensations c \
@@ -144,6 +145,7 @@ struct SagaRow {
     updated_at: DateTime<Utc>,
     stop_reason: Option<String>,
     trace_id: Option<String>,
+    trace_root_span: Option<String>,
     steps: Value,
     compensations: Value,
 }
@@ -171,6 +173,7 @@ impl SagaRow {
                     .stop_reason
                     .and_then(|r| serde_json::from_value(Value::String(r)).ok()),
                 trace_id: self.trace_id,
+                trace_root_span: self.trace_root_span,
                 created_at: self.created_at,
                 updated_at: self.updated_at,
             },
@@ -271,8 +274,8 @@ impl Store {
         let saga = &change.after;
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO sagas (id, saga_type, definition_version, state, input, context, \
-             idempotency_key, request_hash, created_at, updated_at, trace_id) \
-             VALUES ($1, $2, $3, $4::saga_state, $5, $6, $7, $8, $9, $9, $10) \
+             idempotency_key, request_hash, created_at, updated_at, trace_id, trace_root_span) \
+             VALUES ($1, $2, $3, $4::saga_state, $5, $6, $7, $8, $9, $9, $10, $11) \
              ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         )
         .bind(saga.id.0)
@@ -285,6 +288,7 @@ impl Store {
         .bind(idempotency.map(|(_, h)| h))
         .bind(saga.created_at)
         .bind(saga.trace_id.as_deref())
+        .bind(saga.trace_root_span.as_deref())
         .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_none() {

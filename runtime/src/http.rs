@@ -79,13 +79,52 @@ async fn ready(State(readiness): State<Readiness>) -> (StatusCode, axum::Json<se
     }
 }
 
+/// Wraps every route in a server span named `METHOD /route`, continuing the caller's W3C trace
+/// context when it sends one.
+pub fn traced(router: Router) -> Router {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    router.layer(
+        tower_http::trace::TraceLayer::new_for_http()
+            .make_span_with(|request: &axum::http::Request<axum::body::Body>| {
+                let route = request
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map_or(request.uri().path(), |m| m.as_str())
+                    .to_owned();
+                let span = tracing::info_span!(
+                    "http.request",
+                    otel.name = %format!("{} {route}", request.method()),
+                    otel.kind = "server",
+                    http.request.method = %request.method(),
+                    http.route = %route,
+                    url.path = %request.uri().path(),
+                    http.response.status_code = tracing::field::Empty,
+                );
+                let headers: std::collections::BTreeMap<String, String> = request
+                    .headers()
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                    .collect();
+                let _ = span.set_parent(crate::telemetry::extract(&headers));
+                span
+            })
+            .on_response(
+                |response: &axum::http::Response<axum::body::Body>,
+                 _latency: Duration,
+                 span: &tracing::Span| {
+                    span.record("http.response.status_code", response.status().as_u16());
+                },
+            ),
+    )
+}
+
 /// Serves `router` on `listener` until `shutdown`, then drains in-flight requests.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    axum::serve(listener, traced(router))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }

@@ -19,6 +19,7 @@ use runtime::outbox::{self, OutboxMessage, Publisher};
 use runtime::{consume, dead_letter};
 use sqlx::{Acquire, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 /// What a handler made of a command: the reply to send, and domain events to publish.
@@ -291,9 +292,14 @@ impl<H: Handler> CommandLoop<H> {
                 outbox.push(OutboxMessage::new(reply.clone()));
                 continue;
             }
+            let span = command_span(self.handler.worker(), command);
             let handled = if careful {
                 let mut savepoint = tx.begin().await?;
-                let handled = self.handler.handle(&mut savepoint, command).await;
+                let handled = self
+                    .handler
+                    .handle(&mut savepoint, command)
+                    .instrument(span.clone())
+                    .await;
                 if handled.is_ok() {
                     savepoint.commit().await?;
                 } else {
@@ -301,13 +307,18 @@ impl<H: Handler> CommandLoop<H> {
                 }
                 handled
             } else {
-                let handled = self.handler.handle(&mut tx, command).await;
+                let handled = self
+                    .handler
+                    .handle(&mut tx, command)
+                    .instrument(span.clone())
+                    .await;
                 if handled.is_err() {
                     tx.rollback().await?;
                     return Ok(None);
                 }
                 handled
             };
+            record_outcome(&span, &handled);
             match handled {
                 Ok(handled) => {
                     let (reply, events) = self.outgoing(command, handled);
@@ -350,6 +361,48 @@ impl<H: Handler> CommandLoop<H> {
             })
             .collect();
         (reply, events)
+    }
+}
+
+/// The span of one command's handling: a child of the step attempt that sent it (its
+/// `traceparent`), with the saga's attributes.
+fn command_span(worker: Worker, command: &Envelope<Command>) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let body = serde_json::to_value(&command.body).unwrap_or_default();
+    let span = tracing::info_span!(
+        "saga.worker",
+        otel.name = %format!("{} {}", worker.as_str(), command.step),
+        otel.kind = "consumer",
+        saga.id = %command.saga_id,
+        saga.type = %command.saga_type,
+        saga.step = %command.step,
+        saga.attempt = command.attempt,
+        saga.phase = command.phase.as_str(),
+        customer.id = body["customer_id"].as_str().unwrap_or_default(),
+        mission.id = body["mission_id"].as_str().unwrap_or_default(),
+        trace_id = command
+            .headers
+            .get("traceparent")
+            .and_then(|t| t.split('-').nth(1))
+            .unwrap_or_default(),
+        error = tracing::field::Empty,
+    );
+    let _ = span.set_parent(runtime::telemetry::extract(&command.headers));
+    span
+}
+
+fn record_outcome(span: &tracing::Span, handled: &Result<Handled, HandlerError>) {
+    match handled {
+        Ok(Handled {
+            reply: Reply::Failed(failure),
+            ..
+        }) => {
+            span.record("error", failure.code.as_str());
+        }
+        Err(error) => {
+            span.record("error", error.to_string().as_str());
+        }
+        Ok(_) => {}
     }
 }
 

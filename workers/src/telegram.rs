@@ -400,20 +400,39 @@ impl BotClient {
     }
 
     async fn call(&self, chat_id: i64, text: &str) -> Result<i64, SendFailure> {
-        let body = serde_json::json!({ "chat_id": chat_id, "text": text });
-        let response = self
-            .http
-            .post(self.send_url.expose_secret())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| self.transport_failure(e))?;
-        let status = response.status().as_u16();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_failure(e))?;
-        classify_answer(status, &body)
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "telegram.sendMessage",
+            otel.name = "POST sendMessage",
+            otel.kind = "client",
+            http.request.method = "POST",
+            url.full = %format!("{}/bot<token>/sendMessage", self.base),
+            http.response.status_code = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let answer = async {
+            let body = serde_json::json!({ "chat_id": chat_id, "text": text });
+            let response = self
+                .http
+                .post(self.send_url.expose_secret())
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| self.transport_failure(e))?;
+            let status = response.status().as_u16();
+            tracing::Span::current().record("http.response.status_code", status);
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| self.transport_failure(e))?;
+            classify_answer(status, &body)
+        }
+        .instrument(span.clone())
+        .await;
+        if let Err(failure) = &answer {
+            span.record("error", failure.code);
+        }
+        answer
     }
 
     /// A timeout or network error as a retryable failure, without the URL (it holds the token).

@@ -5,10 +5,12 @@ use saga_platform::{Platform, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    runtime::telemetry::init();
+    let telemetry = runtime::telemetry::init("saga-platform");
     let settings = Settings::from_env()?;
     let shutdown = runtime::shutdown::on_signal();
     let mut platform = Platform::start(settings, shutdown).await?;
     tracing::info!(base_url = %platform.base_url(), "ready");
-    platform.wait().await
+    let result = platform.wait().await;
+    telemetry.shutdown().await;
+    result
 }

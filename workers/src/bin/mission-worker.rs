@@ -7,7 +7,7 @@ use saga_workers::runtime::{WorkerContext, WorkerSettings, serve_worker};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    runtime::telemetry::init();
+    let telemetry = runtime::telemetry::init("mission-worker");
     let settings: WorkerSettings = runtime::config::load()?;
     let addr = std::env::var("SAGA_MISSION_ADDR").unwrap_or_else(|_| "127.0.0.1:8091".into());
     let shutdown = runtime::shutdown::on_signal();
@@ -15,5 +15,7 @@ async fn main() -> anyhow::Result<()> {
     let worker = MissionWorker::new(context.pool.clone());
     let api = worker.api();
     let background = worker.run(context.clone(), shutdown.clone());
-    serve_worker(&context, &addr, api, background, shutdown).await
+    let result = serve_worker(&context, &addr, api, background, shutdown).await;
+    telemetry.shutdown().await;
+    result
 }

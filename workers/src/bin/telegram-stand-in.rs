@@ -6,13 +6,15 @@ use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    runtime::telemetry::init();
+    let telemetry = runtime::telemetry::init("telegram-stand-in");
     let addr = std::env::var("SAGA_STAND_IN_ADDR").unwrap_or_else(|_| "127.0.0.1:8081".to_owned());
     let listener = TcpListener::bind(&addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "telegram stand-in listening");
     let shutdown = runtime::shutdown::on_signal();
-    serve(listener, StandIn::default(), async move {
+    let result = serve(listener, StandIn::default(), async move {
         shutdown.cancelled().await
     })
-    .await
+    .await;
+    telemetry.shutdown().await;
+    result
 }

@@ -8,7 +8,7 @@ use saga_workers::telegram::{MIGRATOR, TelegramSettings, TelegramWorker};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    runtime::telemetry::init();
+    let telemetry = runtime::telemetry::init("telegram-worker");
     let settings: WorkerSettings = runtime::config::load()?;
     let telegram: TelegramSettings = runtime::config::load()?;
     let addr = std::env::var("SAGA_TELEGRAM_ADDR").unwrap_or_else(|_| "127.0.0.1:8093".into());
@@ -17,5 +17,7 @@ async fn main() -> anyhow::Result<()> {
     let worker = TelegramWorker::new(context.pool.clone(), &telegram)?;
     let api = worker.api();
     let background = worker.run(context.clone(), shutdown.clone());
-    serve_worker(&context, &addr, api, background, shutdown).await
+    let result = serve_worker(&context, &addr, api, background, shutdown).await;
+    telemetry.shutdown().await;
+    result
 }
