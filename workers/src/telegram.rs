@@ -74,6 +74,9 @@ pub mod codes {
     pub const UNAVAILABLE: &str = "telegram_unavailable";
     /// The circuit breaker is open; Telegram was not called (retryable).
     pub const CIRCUIT_OPEN: &str = "telegram_circuit_open";
+    /// A worker stopped during the call: whether Telegram got the message is unknown, and it
+    /// is not sent again (permanent).
+    pub const DELIVERY_UNKNOWN: &str = "telegram_delivery_unknown";
     /// Telegram answered 400: chat not found, text refused (permanent).
     pub const BAD_REQUEST: &str = "telegram_bad_request";
     /// Telegram answered 401: the bot token is wrong (permanent).
@@ -538,6 +541,7 @@ pub struct NotificationList {
 pub struct TelegramWorker {
     pool: PgPool,
     client: BotClient,
+    lease: Duration,
 }
 
 /// What the handler reads of a notification row.
@@ -548,6 +552,7 @@ struct Stored {
     status: String,
     telegram_message_id: Option<i64>,
     last_error: Option<String>,
+    lease_live: bool,
 }
 
 const SELECT_NOTIFICATION: &str = "SELECT id, saga_id, mission_id, customer_id, chat_id, text, \
@@ -560,6 +565,7 @@ impl TelegramWorker {
         Ok(Self {
             pool,
             client: BotClient::new(settings)?,
+            lease: Duration::from_millis(settings.telegram_timeout_ms) + Duration::from_secs(5),
         })
     }
 
@@ -597,8 +603,9 @@ impl TelegramWorker {
         .await?;
         // The lock serializes attempts of one saga: a late duplicate waits, then sees `sent`.
         let row: Stored = sqlx::query_as(
-            "SELECT id, text, status, telegram_message_id, last_error FROM notifications \
-             WHERE saga_id = $1 FOR UPDATE",
+            "SELECT id, text, status, telegram_message_id, last_error, \
+                    COALESCE(sending_until > now(), false) AS lease_live \
+             FROM notifications WHERE saga_id = $1 FOR UPDATE",
         )
         .bind(saga.0)
         .fetch_one(&mut *tx)
@@ -621,6 +628,28 @@ impl TelegramWorker {
                     ),
                 };
                 return Ok(failed(row.id, StepFailure::permanent(&code, detail)));
+            }
+            "sending" if row.lease_live => {
+                tx.commit().await?;
+                return Err(HandlerError::Retryable(
+                    "another attempt of this notification is calling Telegram".into(),
+                ));
+            }
+            "sending" => {
+                let detail = "a worker stopped while calling Telegram; whether the message \
+                              arrived is unknown, and it is not sent twice";
+                sqlx::query(
+                    "UPDATE notifications SET status = 'failed', last_error = $2, \
+                     sending_until = NULL, updated_at = now() WHERE id = $1",
+                )
+                .bind(row.id)
+                .bind(format!("{}: {detail}", codes::DELIVERY_UNKNOWN))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                tracing::warn!(%saga, notification_id = %row.id, "notification outcome unknown: not sent again");
+                let failure = StepFailure::permanent(codes::DELIVERY_UNKNOWN, detail);
+                return Ok(failed(row.id, failure));
             }
             _ => {}
         }
@@ -646,11 +675,24 @@ impl TelegramWorker {
             return Ok(failed(row.id, failure));
         };
 
+        // Committed before the call: a crash during it leaves `sending`, never a second send.
+        sqlx::query(
+            "UPDATE notifications SET status = 'sending', chat_id = $2, \
+             sending_until = now() + make_interval(secs => $3), updated_at = now() WHERE id = $1",
+        )
+        .bind(row.id)
+        .bind(chat_id)
+        .bind(self.lease.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut tx = self.pool.begin().await?;
+
         match self.client.send_message(chat_id, &row.text).await {
             Ok(message_id) => {
                 sqlx::query(
                     "UPDATE notifications SET status = 'sent', chat_id = $2, \
-                     telegram_message_id = $3, attempts = attempts + 1, \
+                     telegram_message_id = $3, attempts = attempts + 1, sending_until = NULL, \
                      sent_at = clock_timestamp(), updated_at = clock_timestamp() WHERE id = $1",
                 )
                 .bind(row.id)
@@ -670,7 +712,8 @@ impl TelegramWorker {
                 };
                 sqlx::query(
                     "UPDATE notifications SET status = $2, chat_id = $3, last_error = $4, \
-                     attempts = attempts + $5, updated_at = clock_timestamp() WHERE id = $1",
+                     attempts = attempts + $5, sending_until = NULL, \
+                     updated_at = clock_timestamp() WHERE id = $1",
                 )
                 .bind(row.id)
                 .bind(status)
