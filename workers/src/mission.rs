@@ -136,9 +136,15 @@ impl MissionWorker {
     }
 }
 
-const SELECT_MISSION: &str = "SELECT id, customer_id, title, reward_points, status, on_hold, saga_id, \
-     reward_id, notification_id, notification_status, message_recorded_at, created_at, updated_at \
-     FROM missions";
+/// The columns of a [`Mission`], for `SELECT` and `RETURNING`.
+macro_rules! mission_columns {
+    () => {
+        "id, customer_id, title, reward_points, status, on_hold, saga_id, reward_id, \
+         notification_id, notification_status, message_recorded_at, created_at, updated_at"
+    };
+}
+
+const SELECT_MISSION: &str = concat!("SELECT ", mission_columns!(), " FROM missions");
 
 async fn load(
     conn: &mut PgConnection,
@@ -183,19 +189,35 @@ async fn set_status(
     saga: Option<Uuid>,
     reward: Option<Uuid>,
 ) -> Result<Mission, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    sqlx::query_as(concat!(
         "UPDATE missions SET status = $2, saga_id = $3, reward_id = $4, updated_at = now() \
-         WHERE id = $1 RETURNING {}",
-        SELECT_MISSION
-            .trim_start_matches("SELECT ")
-            .trim_end_matches(" FROM missions")
-    )))
+         WHERE id = $1 RETURNING ",
+        mission_columns!()
+    ))
     .bind(id)
     .bind(status)
     .bind(saga)
     .bind(reward)
     .fetch_one(conn)
     .await
+}
+
+/// The mission, locked, when `saga` completed it; otherwise the refusal to reply with.
+async fn owned(
+    conn: &mut PgConnection,
+    id: MissionId,
+    saga: SagaId,
+) -> Result<Result<Mission, Handled>, sqlx::Error> {
+    let Some(mission) = load(conn, id, true).await? else {
+        return Ok(Err(refuse("mission_not_found", format!("no mission {id}"))));
+    };
+    if mission.saga_id != Some(saga.0) {
+        return Ok(Err(refuse(
+            "mission_not_completed_by_saga",
+            "another saga owns this mission".into(),
+        )));
+    }
+    Ok(Ok(mission))
 }
 
 impl MissionWorker {
@@ -257,18 +279,10 @@ impl MissionWorker {
         saga: SagaId,
         c: &AttachRewardV1,
     ) -> Result<Handled, HandlerError> {
-        let Some(mission) = load(conn, c.mission_id, true).await? else {
-            return Ok(refuse(
-                "mission_not_found",
-                format!("no mission {}", c.mission_id),
-            ));
+        let mission = match owned(conn, c.mission_id, saga).await? {
+            Ok(mission) => mission,
+            Err(refusal) => return Ok(refusal),
         };
-        if mission.saga_id != Some(saga.0) {
-            return Ok(refuse(
-                "mission_not_completed_by_saga",
-                "another saga owns this mission".into(),
-            ));
-        }
         if mission.status == "REWARDED" && mission.reward_id == Some(c.reward_id.0) {
             return Ok(ok(Vec::new()));
         }
@@ -312,18 +326,10 @@ impl MissionWorker {
         saga: SagaId,
         c: &RecordMessageV1,
     ) -> Result<Handled, HandlerError> {
-        let Some(mission) = load(conn, c.mission_id, true).await? else {
-            return Ok(refuse(
-                "mission_not_found",
-                format!("no mission {}", c.mission_id),
-            ));
+        let mission = match owned(conn, c.mission_id, saga).await? {
+            Ok(mission) => mission,
+            Err(refusal) => return Ok(refusal),
         };
-        if mission.saga_id != Some(saga.0) {
-            return Ok(refuse(
-                "mission_not_completed_by_saga",
-                "another saga owns this mission".into(),
-            ));
-        }
         if mission.message_recorded_at.is_some() {
             return Ok(ok(Vec::new()));
         }
@@ -400,13 +406,11 @@ async fn create_mission(
             "reward_points must be 1 to 1000000",
         ));
     }
-    let mission: Mission = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let mission: Mission = sqlx::query_as(concat!(
         "INSERT INTO missions (id, customer_id, title, reward_points, status) \
-         VALUES ($1, $2, $3, $4, 'OPEN') RETURNING {}",
-        SELECT_MISSION
-            .trim_start_matches("SELECT ")
-            .trim_end_matches(" FROM missions")
-    )))
+         VALUES ($1, $2, $3, $4, 'OPEN') RETURNING ",
+        mission_columns!()
+    ))
     .bind(MissionId::new().0)
     .bind(body.customer_id.as_str())
     .bind(title)
@@ -453,12 +457,10 @@ async fn set_hold(
     hold: bool,
 ) -> Result<axum::Json<Mission>, ApiError> {
     let mission = find(worker, id).await?;
-    let mission: Mission = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE missions SET on_hold = $2, updated_at = now() WHERE id = $1 RETURNING {}",
-        SELECT_MISSION
-            .trim_start_matches("SELECT ")
-            .trim_end_matches(" FROM missions")
-    )))
+    let mission: Mission = sqlx::query_as(concat!(
+        "UPDATE missions SET on_hold = $2, updated_at = now() WHERE id = $1 RETURNING ",
+        mission_columns!()
+    ))
     .bind(mission.id)
     .bind(hold)
     .fetch_one(&worker.pool)
