@@ -209,7 +209,9 @@ impl Engine {
                 Ok(next) => {
                     entry.0 = next.saga;
                     entry.1.extend(next.effects);
-                    spans.extend(attempt_span(&entry.0, reply));
+                    if runtime::telemetry::exporting() {
+                        spans.extend(attempt_span(&entry.0, reply));
+                    }
                     outcomes.push(ReplyOutcome::Applied);
                 }
                 Err(ignored) => {

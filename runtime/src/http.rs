@@ -86,6 +86,9 @@ pub fn traced(router: Router) -> Router {
     router.layer(
         tower_http::trace::TraceLayer::new_for_http()
             .make_span_with(|request: &axum::http::Request<axum::body::Body>| {
+                if !crate::telemetry::exporting() {
+                    return tracing::Span::none();
+                }
                 let route = request
                     .extensions()
                     .get::<axum::extract::MatchedPath>()

@@ -26,6 +26,15 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+/// Whether spans are exported: without an exporter, code that builds spans only for tracing
+/// skips them (their fields would only be formatted for nothing).
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process exports spans.
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 thread_local! {
     static NEXT_SPAN_ID: Cell<Option<SpanId>> = const { Cell::new(None) };
 }
@@ -119,6 +128,7 @@ where
         .try_init()
         .is_ok();
     if installed && provider.is_some() {
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(service, "tracing exported over OTLP/HTTP");
     }
     Telemetry {
@@ -208,6 +218,9 @@ pub struct FinishedSpan {
 
 /// Exports `span` (nothing happens when tracing is off).
 pub fn record_span(span: FinishedSpan) {
+    if !exporting() {
+        return;
+    }
     let Ok(trace_id) = TraceId::from_hex(&span.trace_id) else {
         return;
     };

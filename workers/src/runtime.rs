@@ -368,6 +368,9 @@ impl<H: Handler> CommandLoop<H> {
 /// `traceparent`), with the saga's attributes.
 fn command_span(worker: Worker, command: &Envelope<Command>) -> tracing::Span {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if !runtime::telemetry::exporting() {
+        return tracing::Span::none();
+    }
     let body = serde_json::to_value(&command.body).unwrap_or_default();
     let span = tracing::info_span!(
         "saga.worker",
