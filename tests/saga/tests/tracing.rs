@@ -21,7 +21,8 @@ use prost::Message as _;
 use saga_tests::{TestPlatform, default_settings};
 use workers::telegram_stand_in::{FaultSpec, StandIn};
 
-const TOKEN: &str = "987654321:RecognisableTestToken_zq8Xv3Lm9Kp2Wn7Rt5Yb";
+/// Shaped like a bot token (`<bot id>:<secret>`) but too short to be mistaken for a real one.
+const TOKEN: &str = "4242:RecognisableTestToken-zq8Xv3Lm";
 
 type Spans = Arc<Mutex<Vec<Span>>>;
 
