@@ -125,6 +125,8 @@ run_tests() {
   ensure_toolchain
   services
   ensure_chromium
+  # The chaos test runs the service binaries as separate processes: build them first.
+  cargo build --workspace --bins
   cargo test --workspace --all-targets
 }
 
