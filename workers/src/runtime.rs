@@ -138,6 +138,7 @@ impl<H: Handler> CommandLoop<H> {
             Some(consumer.clone()),
             shutdown.clone(),
         ));
+        let pruning = tokio::spawn(prune_inbox(self.pool.clone(), shutdown.clone()));
         let relay = {
             let publisher = self.publisher.clone();
             let stop = shutdown.clone();
@@ -166,6 +167,7 @@ impl<H: Handler> CommandLoop<H> {
         }
         relay.await?;
         gauges.await?;
+        pruning.await?;
         Ok(())
     }
 
@@ -406,6 +408,30 @@ fn record_outcome(span: &tracing::Span, handled: &Result<Handled, HandlerError>)
             span.record("error", error.to_string().as_str());
         }
         Ok(_) => {}
+    }
+}
+
+/// How long a handled command's reply is kept for re-sending. A command redelivered later
+/// than this is handled again, and the domain's own keys (one reward, one notification, one
+/// completing saga per mission) make that a no-op.
+const INBOX_RETENTION_DAYS: i32 = 7;
+
+/// Forgets inbox rows past their retention, every 10 minutes until `shutdown`.
+async fn prune_inbox(pool: PgPool, shutdown: CancellationToken) {
+    loop {
+        let pruned = sqlx::query(
+            "DELETE FROM inbox WHERE processed_at < now() - make_interval(days => $1::int)",
+        )
+        .bind(INBOX_RETENTION_DAYS)
+        .execute(&pool)
+        .await;
+        if let Err(error) = pruned {
+            tracing::warn!(%error, "inbox pruning failed");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(600)) => {}
+        }
     }
 }
 

@@ -720,3 +720,45 @@ async fn health_readiness_and_the_openapi_document_answer() -> anyhow::Result<()
     }
     p.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_forget_inbox_rows_past_their_retention_and_keep_recent_ones() -> anyhow::Result<()>
+{
+    use sqlx::{Connection, Executor};
+    let mut p = TestPlatform::start().await?;
+    let (_, _, mission) = p.customer_with_mission(5).await?;
+    let saga = p
+        .wait_terminal(
+            &p.start_saga(mission["id"].as_str().expect("id")).await?,
+            SAGA_TIMEOUT,
+        )
+        .await?;
+    assert_eq!(saga["state"], "completed");
+    let mut db = sqlx::PgConnection::connect(&p.database_url).await?;
+    let count = "SELECT count(*) FROM mission.inbox";
+    let recent: i64 = sqlx::query_scalar(count).fetch_one(&mut db).await?;
+    assert_eq!(recent, 3, "complete, attach_reward and record_message");
+    db.execute(
+        "INSERT INTO mission.inbox (message_id, reply_subject, reply_payload, processed_at) \
+         VALUES (gen_random_uuid(), 'x', 'x', now() - interval '8 days')",
+    )
+    .await?;
+    p.redeploy(saga_tests::default_settings()).await?;
+    let left = wait_for(
+        Duration::from_secs(10),
+        "the old inbox row to be pruned",
+        || {
+            let url = p.database_url.clone();
+            async move {
+                let mut db = sqlx::PgConnection::connect(&url).await?;
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM mission.inbox")
+                    .fetch_one(&mut db)
+                    .await?;
+                Ok((n == 3).then_some(n))
+            }
+        },
+    )
+    .await?;
+    assert_eq!(left, 3, "recent rows stay");
+    p.stop().await
+}
