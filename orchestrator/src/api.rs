@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::engine::Engine;
-use crate::machine::{CompensationState, Ignored, Input, Saga, SagaState};
+use crate::machine::{CompensationState, Ignored, Input, Saga, SagaState, label};
 use crate::store::{KeyedSaga, ListFilter};
 
 /// What the handlers share.
@@ -131,13 +131,6 @@ pub struct CompensationView {
     pub last_error: Option<String>,
 }
 
-fn text<T: Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
-
 impl From<Saga> for SagaView {
     fn from(saga: Saga) -> Self {
         let mut ran: Vec<_> = saga
@@ -155,7 +148,7 @@ impl From<Saga> for SagaView {
                     .get(usize::from(c.step_index))
                     .map(|s| s.name.clone())
                     .unwrap_or_default(),
-                state: text(&c.state),
+                state: label(&c.state),
                 attempts: c.attempts,
                 started_at: c.started_at,
                 finished_at: c.finished_at,
@@ -167,7 +160,7 @@ impl From<Saga> for SagaView {
             saga_type: saga.saga_type,
             definition_version: saga.definition_version,
             state: saga.state.as_str().to_owned(),
-            stop_reason: saga.stop.map(|r| text(&r)),
+            stop_reason: saga.stop.map(|r| label(&r)),
             trace_id: saga.trace_id.clone(),
             input: saga.input,
             context: saga.context,
@@ -175,7 +168,7 @@ impl From<Saga> for SagaView {
                 .steps
                 .into_iter()
                 .map(|s| StepView {
-                    state: text(&s.state),
+                    state: label(&s.state),
                     name: s.name,
                     attempts: s.attempts,
                     started_at: s.started_at,

@@ -11,6 +11,14 @@ use serde_json::{Map, Value};
 
 use crate::definition::{FailurePolicy, RetryPolicy, SagaDefinition};
 
+/// The snake_case name a state or kind has in the API and the database (its serde name).
+pub fn label<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
 /// Where a saga is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

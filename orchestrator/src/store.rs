@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::machine::{CompensationRecord, Saga, SagaState, StepRecord, Timer, TimerKind};
+use crate::machine::{CompensationRecord, Saga, SagaState, StepRecord, Timer, TimerKind, label};
 
 /// A saga as stored, with the version its next write must match.
 #[derive(Clone, Debug, PartialEq)]
@@ -186,13 +186,6 @@ fn object(value: Value) -> Map<String, Value> {
     match value {
         Value::Object(map) => map,
         _ => Map::new(),
-    }
-}
-
-fn text<T: serde::Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(Value::String(s)) => s,
-        _ => String::new(),
     }
 }
 
@@ -488,7 +481,7 @@ impl Batch {
             for (timer, wait) in change.timer.set.iter().copied() {
                 b.timer_saga.push(id);
                 b.timer_slot.push(timer.kind.slot());
-                b.timer_kind.push(text(&timer.kind));
+                b.timer_kind.push(label(&timer.kind));
                 b.timer_step.push(small(timer.step_index));
                 b.timer_phase.push(timer.phase.as_str());
                 b.timer_attempt.push(int(timer.attempt));
@@ -500,7 +493,7 @@ impl Batch {
                 b.saga_state.push(change.after.state.as_str());
                 b.saga_context
                     .push(Value::Object(change.after.context.clone()));
-                b.saga_stop.push(change.after.stop.map(|r| text(&r)));
+                b.saga_stop.push(change.after.stop.map(|r| label(&r)));
                 b.saga_version.push(before.version);
                 b.saga_updated.push(change.after.updated_at);
             }
@@ -513,7 +506,7 @@ impl Batch {
                 s.saga.push(id);
                 s.index.push(i16::try_from(index).unwrap_or(i16::MAX));
                 s.name.push(step.name.clone());
-                s.state.push(text(&step.state));
+                s.state.push(label(&step.state));
                 s.attempts.push(int(step.attempts));
                 s.started.push(step.started_at);
                 s.finished.push(step.finished_at);
@@ -528,7 +521,7 @@ impl Batch {
                 s.saga.push(id);
                 s.index.push(small(c.step_index));
                 s.name.push(c.name.clone());
-                s.state.push(text(&c.state));
+                s.state.push(label(&c.state));
                 s.attempts.push(int(c.attempts));
                 s.started.push(c.started_at);
                 s.finished.push(c.finished_at);

@@ -94,6 +94,12 @@ impl ApiError {
     }
 }
 
+impl From<contracts::ids::InvalidCustomerId> for ApiError {
+    fn from(error: contracts::ids::InvalidCustomerId) -> Self {
+        Self::unprocessable("invalid_customer_id", error.to_string())
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match error {

@@ -276,12 +276,6 @@ impl Handler for RewardWorker {
     }
 }
 
-fn customer(id: &str) -> Result<CustomerId, ApiError> {
-    id.parse().map_err(|e: contracts::ids::InvalidCustomerId| {
-        ApiError::unprocessable("invalid_customer_id", e.to_string())
-    })
-}
-
 async fn wallet(pool: &PgPool, customer: &CustomerId) -> Result<Wallet, ApiError> {
     let row: Option<(i64, bool)> =
         sqlx::query_as("SELECT balance, frozen FROM wallets WHERE customer_id = $1")
@@ -319,7 +313,9 @@ async fn get_wallet(
     State(worker): State<RewardWorker>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Wallet>, ApiError> {
-    wallet(&worker.pool, &customer(&id)?).await.map(axum::Json)
+    wallet(&worker.pool, &id.parse::<CustomerId>()?)
+        .await
+        .map(axum::Json)
 }
 
 async fn set_frozen(
@@ -327,7 +323,7 @@ async fn set_frozen(
     id: &str,
     frozen: bool,
 ) -> Result<axum::Json<Wallet>, ApiError> {
-    let customer = customer(id)?;
+    let customer = id.parse::<CustomerId>()?;
     sqlx::query(
         "INSERT INTO wallets (customer_id, frozen) VALUES ($1, $2) \
          ON CONFLICT (customer_id) DO UPDATE SET frozen = $2, updated_at = now()",

@@ -802,11 +802,6 @@ impl Handler for TelegramWorker {
     }
 }
 
-fn parse_customer(customer_id: String) -> Result<CustomerId, ApiError> {
-    CustomerId::try_from(customer_id)
-        .map_err(|e| ApiError::unprocessable("invalid_customer_id", e.to_string()))
-}
-
 /// Link a Telegram chat to a customer (or move the link to another chat).
 #[utoipa::path(
     put,
@@ -825,7 +820,7 @@ async fn link_chat(
     Path(customer_id): Path<String>,
     ApiJson(body): ApiJson<LinkChat>,
 ) -> Result<axum::Json<ChatLink>, ApiError> {
-    let customer = parse_customer(customer_id)?;
+    let customer = CustomerId::try_from(customer_id)?;
     if body.chat_id == 0 {
         return Err(ApiError::unprocessable(
             "invalid_body",
@@ -863,7 +858,7 @@ async fn get_chat(
     State(worker): State<TelegramWorker>,
     Path(customer_id): Path<String>,
 ) -> Result<axum::Json<ChatLink>, ApiError> {
-    let customer = parse_customer(customer_id)?;
+    let customer = CustomerId::try_from(customer_id)?;
     let link: Option<ChatLink> =
         sqlx::query_as("SELECT customer_id, chat_id, linked_at FROM chats WHERE customer_id = $1")
             .bind(customer.as_str())
@@ -917,7 +912,7 @@ async fn list_notifications(
     State(worker): State<TelegramWorker>,
     ApiQuery(query): ApiQuery<NotificationQuery>,
 ) -> Result<axum::Json<NotificationList>, ApiError> {
-    let customer = query.customer_id.map(parse_customer).transpose()?;
+    let customer = query.customer_id.map(CustomerId::try_from).transpose()?;
     let items: Vec<Notification> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{SELECT_NOTIFICATION} WHERE ($1::uuid IS NULL OR saga_id = $1) \
          AND ($2::text IS NULL OR customer_id = $2) \

@@ -277,6 +277,18 @@ impl TestPlatform {
     }
 }
 
+/// The names of a saga's compensations (its `GET` body), in the order they ran.
+pub fn compensation_names(saga: &Value) -> Vec<String> {
+    saga["compensations"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Waits until `check` returns `Some`, polling every 50 ms, or fails after `timeout`.
 pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
 where

@@ -7,7 +7,7 @@ use std::time::Duration;
 use contracts::reply::{RewardGrantedV1, output_of};
 use contracts::{Action, Command, Reply, RewardId, StepFailure, Worker};
 use reqwest::Method;
-use saga_tests::{FakeWorker, TestPlatform, default_settings, wait_for};
+use saga_tests::{FakeWorker, TestPlatform, compensation_names, default_settings, wait_for};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -36,17 +36,6 @@ fn done() -> Reply {
 
 async fn state_of(p: &TestPlatform, id: &str) -> anyhow::Result<Value> {
     p.get(&format!("/v1/sagas/{id}")).await
-}
-
-fn names(saga: &Value) -> Vec<String> {
-    saga["compensations"]
-        .as_array()
-        .map(|c| {
-            c.iter()
-                .filter_map(|c| c["name"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +71,10 @@ async fn cancelling_a_saga_waits_for_the_step_in_flight_then_undoes_it_and_ends_
     reward.reply(&revoke, done()).await?;
     let saga = p.wait_terminal(&saga_id, WAIT).await?;
     assert_eq!(saga["state"], "cancelled", "{saga}");
-    assert_eq!(names(&saga), ["reward.revoke", "mission.reopen"]);
+    assert_eq!(
+        compensation_names(&saga),
+        ["reward.revoke", "mission.reopen"]
+    );
     assert_eq!(
         p.get(&format!("/v1/missions/{mission_id}")).await?["status"],
         "OPEN"
@@ -186,7 +178,10 @@ async fn retrying_a_failed_saga_resumes_the_compensation_that_could_not_finish()
     reward.reply(&revoke, done()).await?;
     let saga = p.wait_terminal(&saga_id, WAIT).await?;
     assert_eq!(saga["state"], "compensated", "{saga}");
-    assert_eq!(names(&saga), ["reward.revoke", "mission.reopen"]);
+    assert_eq!(
+        compensation_names(&saga),
+        ["reward.revoke", "mission.reopen"]
+    );
     assert_eq!(saga["compensations"][0]["attempts"], 2);
 
     let (status, _, problem) = p
@@ -236,7 +231,7 @@ async fn bulk_cancel_and_bulk_retry_answer_how_many_they_affected() -> anyhow::R
         let saga = p.wait_terminal(id, WAIT).await?;
         assert_eq!(saga["state"], "cancelled", "{saga}");
         assert_eq!(
-            names(&saga),
+            compensation_names(&saga),
             ["mission.reopen"],
             "a step that did not succeed is not undone"
         );
@@ -446,7 +441,10 @@ async fn past_its_deadline_a_saga_before_the_pivot_compensates() -> anyhow::Resu
     reward.reply(&revoke, done()).await?;
     let saga = p.wait_terminal(&saga_id, WAIT).await?;
     assert_eq!(saga["state"], "compensated", "{saga}");
-    assert_eq!(names(&saga), ["reward.revoke", "mission.reopen"]);
+    assert_eq!(
+        compensation_names(&saga),
+        ["reward.revoke", "mission.reopen"]
+    );
     p.stop().await
 }
 

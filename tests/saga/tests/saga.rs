@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use saga_tests::{TestPlatform, wait_for};
+use saga_tests::{TestPlatform, compensation_names, wait_for};
 use serde_json::{Value, json};
 use workers::telegram_stand_in::FaultSpec;
 
@@ -16,17 +16,6 @@ fn step<'a>(saga: &'a Value, name: &str) -> &'a Value {
         .as_array()
         .and_then(|steps| steps.iter().find(|s| s["name"] == name))
         .unwrap_or(&Value::Null)
-}
-
-fn compensation_names(saga: &Value) -> Vec<String> {
-    saga["compensations"]
-        .as_array()
-        .map(|c| {
-            c.iter()
-                .filter_map(|c| c["name"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn sent_to(
