@@ -9,21 +9,33 @@ use serde::{Deserialize, Serialize};
 pub enum Worker {
     /// Missions of a customer.
     Mission,
-    /// Rewards, wallets and the reward budget.
+    /// Rewards granted for missions, and the reward budget.
     Reward,
+    /// The customers' balances and their ledger.
+    Wallet,
+    /// The gift catalogue, reservations and vouchers.
+    Gift,
     /// Telegram chats and notifications.
     Telegram,
 }
 
 impl Worker {
     /// Every worker.
-    pub const ALL: [Worker; 3] = [Worker::Mission, Worker::Reward, Worker::Telegram];
+    pub const ALL: [Worker; 5] = [
+        Worker::Mission,
+        Worker::Reward,
+        Worker::Wallet,
+        Worker::Gift,
+        Worker::Telegram,
+    ];
 
     /// The worker's name as it appears in subjects and consumer names.
     pub fn as_str(self) -> &'static str {
         match self {
             Worker::Mission => "mission",
             Worker::Reward => "reward",
+            Worker::Wallet => "wallet",
+            Worker::Gift => "gift",
             Worker::Telegram => "telegram",
         }
     }
@@ -47,12 +59,30 @@ pub enum Action {
     /// Record on the mission what the customer was told; publishes `MessageUpdated`.
     #[serde(rename = "mission.record_message")]
     RecordMessage,
-    /// Create the reward and credit the customer's wallet.
+    /// Create the reward (version 1 of the command also credits the wallet).
     #[serde(rename = "reward.grant")]
     GrantReward,
-    /// Undo `reward.grant`: debit the wallet, mark the reward REVOKED.
+    /// Undo `reward.grant`: mark the reward REVOKED (version 1 also debits the wallet).
     #[serde(rename = "reward.revoke")]
     RevokeReward,
+    /// Add points to the customer's wallet.
+    #[serde(rename = "wallet.credit")]
+    CreditWallet,
+    /// Take points from the customer's wallet (refused below zero).
+    #[serde(rename = "wallet.debit")]
+    DebitWallet,
+    /// Take one gift from the stock for this saga.
+    #[serde(rename = "gift.reserve")]
+    ReserveGift,
+    /// Undo `gift.reserve`: the gift goes back into the stock.
+    #[serde(rename = "gift.release")]
+    ReleaseGift,
+    /// Issue the reserved gift's voucher.
+    #[serde(rename = "gift.issue")]
+    IssueGift,
+    /// Tell the customer about the voucher (the guarded synchronous call to Telegram).
+    #[serde(rename = "gift.notify")]
+    NotifyGift,
     /// Send the customer a Telegram message and store the notification row.
     #[serde(rename = "telegram.send")]
     SendNotification,
@@ -60,7 +90,7 @@ pub enum Action {
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 8] = [
+    pub const ALL: [Action; 14] = [
         Action::CompleteMission,
         Action::ReopenMission,
         Action::AttachReward,
@@ -68,6 +98,12 @@ impl Action {
         Action::RecordMessage,
         Action::GrantReward,
         Action::RevokeReward,
+        Action::CreditWallet,
+        Action::DebitWallet,
+        Action::ReserveGift,
+        Action::ReleaseGift,
+        Action::IssueGift,
+        Action::NotifyGift,
         Action::SendNotification,
     ];
 
@@ -80,6 +116,10 @@ impl Action {
             | Action::DetachReward
             | Action::RecordMessage => Worker::Mission,
             Action::GrantReward | Action::RevokeReward => Worker::Reward,
+            Action::CreditWallet | Action::DebitWallet => Worker::Wallet,
+            Action::ReserveGift | Action::ReleaseGift | Action::IssueGift | Action::NotifyGift => {
+                Worker::Gift
+            }
             Action::SendNotification => Worker::Telegram,
         }
     }
@@ -94,6 +134,12 @@ impl Action {
             Action::RecordMessage => "record_message",
             Action::GrantReward => "grant",
             Action::RevokeReward => "revoke",
+            Action::CreditWallet => "credit",
+            Action::DebitWallet => "debit",
+            Action::ReserveGift => "reserve",
+            Action::ReleaseGift => "release",
+            Action::IssueGift => "issue",
+            Action::NotifyGift => "notify",
             Action::SendNotification => "send",
         }
     }
@@ -108,22 +154,19 @@ impl Action {
             Action::RecordMessage => "mission.record_message",
             Action::GrantReward => "reward.grant",
             Action::RevokeReward => "reward.revoke",
+            Action::CreditWallet => "wallet.credit",
+            Action::DebitWallet => "wallet.debit",
+            Action::ReserveGift => "gift.reserve",
+            Action::ReleaseGift => "gift.release",
+            Action::IssueGift => "gift.issue",
+            Action::NotifyGift => "gift.notify",
             Action::SendNotification => "telegram.send",
         }
     }
 
-    /// The `type` tag of this action's current command version.
-    pub fn command_type(self) -> &'static str {
-        match self {
-            Action::CompleteMission => "mission.complete.v1",
-            Action::ReopenMission => "mission.reopen.v1",
-            Action::AttachReward => "mission.attach_reward.v1",
-            Action::DetachReward => "mission.detach_reward.v1",
-            Action::RecordMessage => "mission.record_message.v1",
-            Action::GrantReward => "reward.grant.v1",
-            Action::RevokeReward => "reward.revoke.v1",
-            Action::SendNotification => "telegram.send.v1",
-        }
+    /// The `type` tag of one version of this action's command (`reward.grant.v2`).
+    pub fn command_type(self, version: u16) -> String {
+        format!("{}.v{version}", self.name())
     }
 
     /// Looks an action up by its `worker.verb` name.
@@ -143,7 +186,7 @@ mod tests {
                 action.name(),
                 format!("{}.{}", action.worker().as_str(), action.verb())
             );
-            assert_eq!(action.command_type(), format!("{}.v1", action.name()));
+            assert_eq!(action.command_type(1), format!("{}.v1", action.name()));
             assert_eq!(
                 serde_json::to_value(action).ok(),
                 Some(serde_json::Value::String(action.name().into()))

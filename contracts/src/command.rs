@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Action, CustomerId, MissionId, NotificationId, RewardId};
+use crate::{Action, CustomerId, GiftId, MissionId, NotificationId, RewardId};
 
 /// A command to a worker, tagged by `type`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,12 +25,37 @@ pub enum Command {
     /// `mission.record_message.v1`
     #[serde(rename = "mission.record_message.v1")]
     RecordMessage(RecordMessageV1),
-    /// `reward.grant.v1`
+    /// `reward.grant.v1`: create the reward and credit the wallet (`mission_reward` v1, from
+    /// before the wallet was a context of its own).
     #[serde(rename = "reward.grant.v1")]
     GrantReward(GrantRewardV1),
-    /// `reward.revoke.v1`
+    /// `reward.grant.v2`: create the reward only; the saga's `wallet.credit` step pays it.
+    #[serde(rename = "reward.grant.v2")]
+    GrantRewardV2(GrantRewardV1),
+    /// `reward.revoke.v1`: revoke the reward and debit the wallet.
     #[serde(rename = "reward.revoke.v1")]
     RevokeReward(RevokeRewardV1),
+    /// `reward.revoke.v2`: revoke the reward only; `wallet.debit` takes the points back.
+    #[serde(rename = "reward.revoke.v2")]
+    RevokeRewardV2(RevokeRewardV1),
+    /// `wallet.credit.v1`
+    #[serde(rename = "wallet.credit.v1")]
+    CreditWallet(MovePointsV1),
+    /// `wallet.debit.v1`
+    #[serde(rename = "wallet.debit.v1")]
+    DebitWallet(MovePointsV1),
+    /// `gift.reserve.v1`
+    #[serde(rename = "gift.reserve.v1")]
+    ReserveGift(ReserveGiftV1),
+    /// `gift.release.v1`
+    #[serde(rename = "gift.release.v1")]
+    ReleaseGift(ReleaseGiftV1),
+    /// `gift.issue.v1`
+    #[serde(rename = "gift.issue.v1")]
+    IssueGift(IssueGiftV1),
+    /// `gift.notify.v1`
+    #[serde(rename = "gift.notify.v1")]
+    NotifyGift(NotifyGiftV1),
     /// `telegram.send.v1`
     #[serde(rename = "telegram.send.v1")]
     SendNotification(SendNotificationV1),
@@ -45,8 +70,14 @@ impl Command {
             Command::AttachReward(_) => Action::AttachReward,
             Command::DetachReward(_) => Action::DetachReward,
             Command::RecordMessage(_) => Action::RecordMessage,
-            Command::GrantReward(_) => Action::GrantReward,
-            Command::RevokeReward(_) => Action::RevokeReward,
+            Command::GrantReward(_) | Command::GrantRewardV2(_) => Action::GrantReward,
+            Command::RevokeReward(_) | Command::RevokeRewardV2(_) => Action::RevokeReward,
+            Command::CreditWallet(_) => Action::CreditWallet,
+            Command::DebitWallet(_) => Action::DebitWallet,
+            Command::ReserveGift(_) => Action::ReserveGift,
+            Command::ReleaseGift(_) => Action::ReleaseGift,
+            Command::IssueGift(_) => Action::IssueGift,
+            Command::NotifyGift(_) => Action::NotifyGift,
             Command::SendNotification(_) => Action::SendNotification,
         }
     }
@@ -113,6 +144,54 @@ pub struct GrantRewardV1 {
 pub struct RevokeRewardV1 {
     /// The reward to revoke.
     pub reward_id: RewardId,
+}
+
+/// Move points into (`wallet.credit`) or out of (`wallet.debit`) a customer's wallet. The
+/// wallet books it once per saga, step and direction, however often the command comes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MovePointsV1 {
+    /// Whose wallet.
+    pub customer_id: CustomerId,
+    /// How many points (positive).
+    pub points: i64,
+}
+
+/// Take one gift out of the stock for this saga.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReserveGiftV1 {
+    /// The gift.
+    pub gift_id: GiftId,
+    /// Who takes it.
+    pub customer_id: CustomerId,
+}
+
+/// Put the gift this saga reserved back into the stock.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseGiftV1 {
+    /// The gift.
+    pub gift_id: GiftId,
+}
+
+/// Issue the voucher of the gift this saga reserved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IssueGiftV1 {
+    /// The gift.
+    pub gift_id: GiftId,
+    /// Who gets the voucher.
+    pub customer_id: CustomerId,
+}
+
+/// Tell the customer about their voucher.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NotifyGiftV1 {
+    /// The gift.
+    pub gift_id: GiftId,
+    /// Whom to tell.
+    pub customer_id: CustomerId,
+    /// The gift's name, named in the message.
+    pub gift_name: String,
+    /// The voucher `gift.issue` produced.
+    pub voucher_code: String,
 }
 
 /// Tell the customer on Telegram that the mission's reward was paid.

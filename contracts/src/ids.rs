@@ -68,6 +68,10 @@ uuid_id!(
     /// A notification row, owned by the telegram worker.
     NotificationId
 );
+uuid_id!(
+    /// A gift of the catalogue, owned by the gift worker.
+    GiftId
+);
 
 /// Namespace of the deterministic message ids (uuid v5) derived below.
 const MESSAGE_NAMESPACE: Uuid = Uuid::from_u128(0x6d1c_5a0e_93f4_4b8e_a3c2_7f0e_52b1_d9a4);

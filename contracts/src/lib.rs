@@ -18,6 +18,6 @@ pub use action::{Action, Worker};
 pub use command::Command;
 pub use envelope::{Envelope, Phase};
 pub use event::DomainEvent;
-pub use ids::{CustomerId, MessageId, MissionId, NotificationId, RewardId, SagaId};
+pub use ids::{CustomerId, GiftId, MessageId, MissionId, NotificationId, RewardId, SagaId};
 pub use reply::{Reply, StepFailure};
 pub use topology::Topology;

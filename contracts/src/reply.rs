@@ -88,6 +88,43 @@ pub struct RewardGrantedV1 {
     pub reward_id: RewardId,
 }
 
+/// What `gift.reserve` adds to the context.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GiftReservedV1 {
+    /// The gift's name.
+    pub gift_name: String,
+    /// What it costs, in points.
+    pub price_points: i64,
+}
+
+/// What `gift.issue` adds to the context.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GiftIssuedV1 {
+    /// The voucher the customer redeems.
+    pub voucher_code: String,
+}
+
+/// How the customer was told about a gift: at once (`sent`), or through the queue because
+/// Telegram did not answer in time (`queued`; delivered exactly once when it is back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GiftNotificationStatus {
+    /// Telegram accepted the message during the step.
+    Sent,
+    /// The message waits on JetStream for the asynchronous path.
+    Queued,
+}
+
+/// What `gift.notify` adds to the context.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GiftNotifiedV1 {
+    /// `sent` or `queued`.
+    pub notification_status: GiftNotificationStatus,
+    /// The telegram service's notification, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification_id: Option<NotificationId>,
+}
+
 /// What `telegram.send` adds to the context (on success, and on failure where it got that far).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NotificationOutcomeV1 {

@@ -519,7 +519,7 @@ impl Machine<'_> {
         for (k, v) in self.saga.input.iter().chain(self.saga.context.iter()) {
             body.insert(k.clone(), v.clone());
         }
-        body.insert("type".into(), Value::String(action.command_type().into()));
+        body.insert("type".into(), Value::String(action.command_type(1)));
         CommandSpec {
             action,
             step_index,

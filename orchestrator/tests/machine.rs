@@ -427,7 +427,7 @@ fn check_command(def: &SagaDefinition, saga: &Saga, command: &CommandSpec) {
     assert_eq!(command.action, action);
     assert_eq!(
         command.body.get("type"),
-        Some(&Value::String(action.command_type().to_owned()))
+        Some(&Value::String(action.command_type(1)))
     );
     let parsed: Command = serde_json::from_value(command.body.clone())
         .unwrap_or_else(|e| panic!("{} does not parse: {e}: {}", action.name(), command.body));
