@@ -17,7 +17,7 @@ pub mod topology;
 pub use action::{Action, Worker};
 pub use command::Command;
 pub use envelope::{Envelope, Phase};
-pub use event::DomainEvent;
+pub use event::{DomainEvent, EventEnvelope};
 pub use ids::{CustomerId, GiftId, MessageId, MissionId, NotificationId, RewardId, SagaId};
 pub use reply::{Reply, StepFailure};
 pub use topology::Topology;

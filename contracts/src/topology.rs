@@ -7,10 +7,11 @@
 //! | `SAGA_REPLY` | `reply.<saga_type>`   | work queue | one durable consumer, all orchestrators |
 //! | `DOMAIN_EVT` | `evt.<context>.<event>` | limits   | projections (replayable)                |
 //! | `DLQ`        | `dlq.<original subject>` | limits  | operators                               |
+//! | `NOTIFY`     | `notify.<channel>`    | work queue | the channel's sender (telegram)          |
 
 use crate::{Action, Worker};
 
-/// The four streams of the platform.
+/// The streams of the platform.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
     /// Commands from the orchestrator to the workers.
@@ -21,15 +22,19 @@ pub enum Stream {
     Events,
     /// Dead letters: messages no consumer could handle, with the reason.
     DeadLetters,
+    /// Messages queued for a channel (Telegram) when the synchronous call could not deliver
+    /// them: the asynchronous path delivers each exactly once.
+    Notifications,
 }
 
 impl Stream {
     /// Every stream.
-    pub const ALL: [Stream; 4] = [
+    pub const ALL: [Stream; 5] = [
         Stream::Commands,
         Stream::Replies,
         Stream::Events,
         Stream::DeadLetters,
+        Stream::Notifications,
     ];
 
     fn base_name(self) -> &'static str {
@@ -38,6 +43,7 @@ impl Stream {
             Stream::Replies => "SAGA_REPLY",
             Stream::Events => "DOMAIN_EVT",
             Stream::DeadLetters => "DLQ",
+            Stream::Notifications => "NOTIFY",
         }
     }
 
@@ -47,6 +53,7 @@ impl Stream {
             Stream::Replies => "reply",
             Stream::Events => "evt",
             Stream::DeadLetters => "dlq",
+            Stream::Notifications => "notify",
         }
     }
 }
@@ -141,6 +148,11 @@ impl Topology {
                 .unwrap_or(original)
         };
         self.subject(&format!("dlq.{unprefixed}"))
+    }
+
+    /// The subject of messages queued for one channel (`notify.telegram`).
+    pub fn notify_subject(&self, channel: &str) -> String {
+        self.subject(&format!("notify.{channel}"))
     }
 
     /// The core-NATS request subject on which a worker answers look-ups (not a stream).

@@ -1,5 +1,8 @@
-//! The orchestrator's HTTP API: start a saga (idempotently), read one, list them newest first.
-//! Every error is RFC 9457 problem+json with a stable `code`.
+//! The orchestrator's HTTP API: start a saga (idempotently), read one, list them newest first,
+//! and the operator commands. Every error is RFC 9457 problem+json with a stable `code`. What
+//! sagas can be searched by (a customer, a mission, ...) is not written here: the list query and
+//! the bulk filter accept every search key some definition declares, and the OpenAPI document
+//! lists them, generated from the registry when the router is built.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,10 +19,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
+use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::{OpenApi, RefOr, Required};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::definition::{Registry, key_noun};
 use crate::engine::Engine;
 use crate::machine::{CompensationState, Ignored, Input, Saga, SagaState, label};
 use crate::store::{KeyedSaga, ListFilter};
@@ -37,9 +44,10 @@ pub struct ApiState {
     pub topology: Topology,
 }
 
-/// The API's routes and their OpenAPI description.
+/// The API's routes and their OpenAPI description, which lists the registry's search keys as
+/// query parameters of `GET /v1/sagas` and as fields of the bulk filter.
 pub fn router(state: ApiState) -> OpenApiRouter {
-    OpenApiRouter::new()
+    let mut router = OpenApiRouter::new()
         .routes(routes!(start_saga, list_sagas))
         .routes(routes!(get_saga))
         .routes(routes!(cancel_saga))
@@ -47,8 +55,85 @@ pub fn router(state: ApiState) -> OpenApiRouter {
         .routes(routes!(cancel_sagas))
         .routes(routes!(retry_sagas))
         .routes(routes!(crate::dead_letters::list_dead_letters))
-        .routes(routes!(crate::dead_letters::replay_dead_letter))
-        .with_state(state)
+        .routes(routes!(crate::dead_letters::replay_dead_letter));
+    let keys = state.engine.registry().search_key_names();
+    document_search_keys(router.get_openapi_mut(), &keys);
+    router.with_state(state)
+}
+
+/// The description of a search key: "Only sagas of this customer."
+fn key_description(key: &str) -> String {
+    format!("Only sagas of this {}.", key_noun(key))
+}
+
+/// A text, as the schema of a search-key parameter.
+fn text() -> Schema {
+    ObjectBuilder::new().schema_type(Type::String).into()
+}
+
+/// An optional text (`string` or `null`), as the schema of a search-key field.
+fn optional_text(description: String) -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .description(Some(description))
+        .into()
+}
+
+/// Inserts `extra` into `items` right after the first item `after` matches (at the end when
+/// none does).
+fn insert_after<T>(items: &mut Vec<T>, after: impl Fn(&T) -> bool, extra: Vec<T>) {
+    let at = items.iter().position(after).map_or(items.len(), |i| i + 1);
+    items.splice(at..at, extra);
+}
+
+/// Adds the search keys to the OpenAPI document: query parameters of `GET /v1/sagas` and
+/// properties of the bulk filter (`SagaFilter`), after `type` in both, where they stood when
+/// they were fields of the code.
+fn document_search_keys(openapi: &mut OpenApi, keys: &[&str]) {
+    let list = openapi
+        .paths
+        .paths
+        .get_mut("/v1/sagas")
+        .and_then(|item| item.get.as_mut());
+    if let Some(list) = list {
+        let parameters = keys
+            .iter()
+            .map(|key| {
+                RefOr::T(
+                    ParameterBuilder::new()
+                        .name(*key)
+                        .parameter_in(ParameterIn::Query)
+                        .description(Some(key_description(key)))
+                        .required(Required::False)
+                        .schema(Some(text()))
+                        .build(),
+                )
+            })
+            .collect();
+        let existing = list.parameters.get_or_insert_with(Vec::new);
+        insert_after(
+            existing,
+            |p| matches!(p, RefOr::T(p) if p.name == "type"),
+            parameters,
+        );
+    }
+    let filter = openapi
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("SagaFilter"));
+    if let Some(RefOr::T(Schema::Object(filter))) = filter {
+        let mut properties: Vec<_> = std::mem::take(&mut filter.properties).into_iter().collect();
+        let extra = keys
+            .iter()
+            .map(|key| {
+                let schema = optional_text(key_description(key));
+                ((*key).to_owned(), RefOr::T(schema))
+            })
+            .collect();
+        insert_after(&mut properties, |(name, _)| name == "type", extra);
+        filter.properties = properties.into_iter().collect();
+        filter.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+    }
 }
 
 /// `POST /v1/sagas` body.
@@ -57,7 +142,7 @@ pub struct StartSaga {
     /// The saga type (`mission_reward`).
     #[serde(rename = "type")]
     pub saga_type: String,
-    /// The input the saga type expects (`{"mission_id": "..."}`).
+    /// The input the saga type expects: an object of its definition's input fields.
     #[schema(value_type = Object)]
     pub input: Value,
 }
@@ -427,7 +512,8 @@ async fn get_saga(
     Ok(axum::Json(stored.saga.into()))
 }
 
-/// Query of `GET /v1/sagas`.
+/// Query of `GET /v1/sagas`, besides the search keys (every other parameter must be a search
+/// key some definition declares).
 #[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
@@ -437,10 +523,6 @@ pub struct ListQuery {
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub saga_type: Option<String>,
-    /// Only sagas of this customer.
-    pub customer_id: Option<String>,
-    /// Only sagas of this mission.
-    pub mission_id: Option<String>,
     /// Only sagas created at or after this time (RFC 3339).
     pub created_after: Option<DateTime<Utc>>,
     /// Only sagas created before this time (RFC 3339).
@@ -491,8 +573,10 @@ fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
 async fn list_sagas(
     State(state): State<ApiState>,
     ApiQuery(query): ApiQuery<ListQuery>,
+    ApiQuery(parameters): ApiQuery<Vec<(String, String)>>,
 ) -> Result<axum::Json<SagaPage>, ApiError> {
     let bad = |detail: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", detail);
+    let keys = query_keys(state.engine.registry(), parameters).map_err(bad)?;
     let saga_state = parse_state(query.state.as_deref())?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
@@ -507,8 +591,7 @@ async fn list_sagas(
     let filter = ListFilter {
         state: saga_state,
         saga_type: query.saga_type.filter(|t| !t.is_empty()),
-        customer_id: query.customer_id.filter(|t| !t.is_empty()),
-        mission_id: query.mission_id.filter(|t| !t.is_empty()),
+        keys,
         created_after: query.created_after,
         created_before: query.created_before,
         limit: limit + 1,
@@ -529,6 +612,72 @@ async fn list_sagas(
         None
     };
     Ok(axum::Json(SagaPage { items, next_cursor }))
+}
+
+/// The parameters of [`ListQuery`], which are not search keys.
+const LIST_PARAMETERS: [&str; 6] = [
+    "state",
+    "type",
+    "created_after",
+    "created_before",
+    "limit",
+    "cursor",
+];
+
+/// The search keys of a list query: every parameter that is not one of [`ListQuery`] must be a
+/// search key some definition declares, given once; an empty value filters nothing.
+fn query_keys(
+    registry: &Registry,
+    parameters: Vec<(String, String)>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut keys = BTreeMap::new();
+    for (name, value) in parameters {
+        if LIST_PARAMETERS.contains(&name.as_str()) {
+            continue;
+        }
+        if !registry.declares_search_key(&name) {
+            return Err(format!(
+                "unknown query parameter `{name}`; expected {} or a search key: {}",
+                LIST_PARAMETERS.join(", "),
+                registry.search_key_names().join(", ")
+            ));
+        }
+        if !seen.insert(name.clone()) {
+            return Err(format!("duplicate field `{name}`"));
+        }
+        if !value.is_empty() {
+            keys.insert(name, value);
+        }
+    }
+    Ok(keys)
+}
+
+/// The search keys of a bulk filter: every field that is not one of [`SagaFilter`] must be a
+/// search key some definition declares (a `null` one filters nothing), else the body is refused
+/// as `invalid_body`, like any other unknown field.
+fn filter_keys(
+    registry: &Registry,
+    fields: BTreeMap<String, Option<String>>,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    if let Some(unknown) = fields.keys().find(|k| !registry.declares_search_key(k)) {
+        let expected: Vec<String> = FILTER_FIELDS
+            .iter()
+            .chain(registry.search_key_names().iter())
+            .map(|f| format!("`{f}`"))
+            .collect();
+        return Err(ApiError::unprocessable(
+            "invalid_body",
+            format!(
+                "unknown field `{unknown}`, expected one of {}",
+                expected.join(", ")
+            ),
+        ));
+    }
+    Ok(fields
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+        .collect())
 }
 
 fn parse_state(state: Option<&str>) -> Result<Option<SagaState>, ApiError> {
@@ -618,22 +767,25 @@ async fn retry_saga(
 
 /// Which sagas a bulk command applies to.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct SagaFilter {
     /// Only sagas in this state (default: `running` for cancel, `failed` for retry).
     pub state: Option<String>,
     /// Only sagas of this type.
     #[serde(rename = "type")]
     pub saga_type: Option<String>,
-    /// Only sagas of this customer.
-    pub customer_id: Option<String>,
-    /// Only sagas of this mission.
-    pub mission_id: Option<String>,
     /// Only sagas created at or after this time.
     pub created_after: Option<DateTime<Utc>>,
     /// Only sagas created before this time.
     pub created_before: Option<DateTime<Utc>>,
+    /// Only sagas with these search keys (whatever the definitions declare; any other field is
+    /// refused). Documented from the registry.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub keys: BTreeMap<String, Option<String>>,
 }
+
+/// The fields of [`SagaFilter`], which are not search keys.
+const FILTER_FIELDS: [&str; 4] = ["state", "type", "created_after", "created_before"];
 
 /// What a bulk command did.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -652,12 +804,12 @@ async fn operate_many(
     input: Input,
     default_state: SagaState,
 ) -> Result<axum::Json<BulkOutcome>, ApiError> {
+    let keys = filter_keys(state.engine.registry(), filter.keys)?;
     let saga_state = parse_state(filter.state.as_deref())?.unwrap_or(default_state);
     let mut list = ListFilter {
         state: Some(saga_state),
         saga_type: filter.saga_type,
-        customer_id: filter.customer_id,
-        mission_id: filter.mission_id,
+        keys,
         created_after: filter.created_after,
         created_before: filter.created_before,
         limit: 500,
@@ -744,6 +896,182 @@ async fn retry_sagas(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::definition::{KeySource, Policies, SearchKey, mission_reward};
+    use serde_json::json;
+    use utoipa::{IntoParams, PartialSchema};
+
+    /// A registry whose one definition declares the search keys `player_id` (from the context)
+    /// and `quest_id` (from the input): the API knows keys only from there.
+    fn registry() -> Registry {
+        let mut definition = mission_reward(&Policies::default());
+        definition.search_keys = vec![
+            SearchKey {
+                name: "player_id",
+                source: KeySource::Context,
+                span_attribute: "player.id",
+            },
+            SearchKey {
+                name: "quest_id",
+                source: KeySource::Input,
+                span_attribute: "quest.id",
+            },
+        ];
+        let mut registry = Registry::default();
+        registry.insert(definition);
+        registry
+    }
+
+    /// `GET /v1/sagas`'s query as it was written when its search keys were fields of the code
+    /// (with the keys of [`registry`]): the generated document must say the same.
+    #[derive(Deserialize, utoipa::IntoParams)]
+    #[into_params(parameter_in = Query)]
+    #[allow(dead_code, reason = "only its derived documentation is compared")]
+    struct ListQueryBefore {
+        /// Only sagas in this state.
+        state: Option<String>,
+        /// Only sagas of this type.
+        #[serde(rename = "type")]
+        #[param(rename = "type")]
+        saga_type: Option<String>,
+        /// Only sagas of this player.
+        player_id: Option<String>,
+        /// Only sagas of this quest.
+        quest_id: Option<String>,
+        /// Only sagas created at or after this time (RFC 3339).
+        created_after: Option<DateTime<Utc>>,
+        /// Only sagas created before this time (RFC 3339).
+        created_before: Option<DateTime<Utc>>,
+        /// Page size, 1 to 500 (default 50).
+        limit: Option<i64>,
+        /// `next_cursor` of the previous page.
+        cursor: Option<String>,
+    }
+
+    // The bulk filter as it was written when its search keys were fields of the code (its doc
+    // comment is its documented description).
+    /// Which sagas a bulk command applies to.
+    #[derive(Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code, reason = "only its derived documentation is compared")]
+    struct SagaFilterBefore {
+        /// Only sagas in this state (default: `running` for cancel, `failed` for retry).
+        state: Option<String>,
+        /// Only sagas of this type.
+        #[serde(rename = "type")]
+        saga_type: Option<String>,
+        /// Only sagas of this player.
+        player_id: Option<String>,
+        /// Only sagas of this quest.
+        quest_id: Option<String>,
+        /// Only sagas created at or after this time.
+        created_after: Option<DateTime<Utc>>,
+        /// Only sagas created before this time.
+        created_before: Option<DateTime<Utc>>,
+    }
+
+    fn documented(keys: &[&str]) -> Value {
+        let mut router: OpenApiRouter<ApiState> = OpenApiRouter::new()
+            .routes(routes!(start_saga, list_sagas))
+            .routes(routes!(cancel_sagas));
+        document_search_keys(router.get_openapi_mut(), keys);
+        serde_json::to_value(router.into_openapi()).expect("json")
+    }
+
+    #[test]
+    fn the_document_lists_the_registry_keys_as_the_fields_did() {
+        let keys = registry().search_key_names();
+        let doc = documented(&keys);
+        let parameters = &doc["paths"]["/v1/sagas"]["get"]["parameters"];
+        let before = ListQueryBefore::into_params(|| Some(ParameterIn::Query));
+        assert_eq!(parameters, &serde_json::to_value(before).expect("json"));
+        let filter = &doc["components"]["schemas"]["SagaFilter"];
+        let before = serde_json::to_value(SagaFilterBefore::schema()).expect("json");
+        assert_eq!(filter, &before);
+        assert_eq!(filter["additionalProperties"], json!(false));
+    }
+
+    #[test]
+    fn the_fixed_parameters_and_fields_are_the_documented_ones() {
+        let names: Vec<String> = ListQuery::into_params(|| Some(ParameterIn::Query))
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, LIST_PARAMETERS);
+        let schema = serde_json::to_value(SagaFilter::schema()).expect("json");
+        let mut fields: Vec<&String> = schema["properties"]
+            .as_object()
+            .expect("properties")
+            .keys()
+            .collect();
+        fields.sort();
+        let mut expected = FILTER_FIELDS;
+        expected.sort_unstable();
+        assert_eq!(fields, expected);
+    }
+
+    #[test]
+    fn list_queries_take_declared_search_keys_only() {
+        let registry = registry();
+        let pairs = |items: &[(&str, &str)]| -> Vec<(String, String)> {
+            items
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let keys = query_keys(
+            &registry,
+            pairs(&[
+                ("state", "failed"),
+                ("player_id", "player-1"),
+                ("quest_id", ""),
+                ("limit", "5"),
+            ]),
+        );
+        assert_eq!(
+            keys,
+            Ok(BTreeMap::from([(
+                "player_id".to_owned(),
+                "player-1".to_owned()
+            )]))
+        );
+        let unknown = query_keys(&registry, pairs(&[("gift_id", "g")]));
+        assert!(unknown.is_err_and(|e| e.contains("`gift_id`")));
+        let twice = query_keys(&registry, pairs(&[("player_id", "a"), ("player_id", "b")]));
+        assert!(twice.is_err_and(|e| e.contains("duplicate")));
+    }
+
+    #[test]
+    fn bulk_filters_refuse_unknown_fields_as_invalid_bodies() {
+        let registry = registry();
+        let parse = |body: Value| serde_json::from_value::<SagaFilter>(body);
+        let filter = parse(json!({
+            "state": "failed",
+            "type": "mission_reward",
+            "player_id": "player-1",
+            "quest_id": null,
+            "created_after": "2025-01-01T00:00:00Z"
+        }))
+        .expect("a valid filter");
+        assert_eq!(filter.state.as_deref(), Some("failed"));
+        assert_eq!(filter.saga_type.as_deref(), Some("mission_reward"));
+        assert!(filter.created_after.is_some());
+        assert_eq!(
+            filter_keys(&registry, filter.keys),
+            Ok(BTreeMap::from([(
+                "player_id".to_owned(),
+                "player-1".to_owned()
+            )]))
+        );
+        let colour = parse(json!({"colour": "red"})).expect("parses");
+        let refused = filter_keys(&registry, colour.keys).expect_err("unknown field");
+        assert_eq!(
+            (refused.status, refused.code),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body")
+        );
+        assert!(refused.detail.contains("`colour`"), "{}", refused.detail);
+        assert!(parse(json!({"player_id": 5})).is_err());
+        assert!(parse(json!({"created_after": "yesterday"})).is_err());
+    }
 
     #[test]
     fn equal_bodies_hash_equally_whatever_their_key_order() {

@@ -13,7 +13,7 @@ use contracts::{Reply, Topology};
 use runtime::config::Infrastructure;
 use runtime::http::{Readiness, health_routes};
 use runtime::outbox::Publisher;
-use runtime::{consume, dead_letter};
+use runtime::consume::{self, Verdict};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ use crate::engine::{Engine, ReplyOutcome};
 use crate::store::Store;
 
 /// The orchestrator's configuration (`SAGA_*` environment variables).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {
     /// Database and NATS.
     #[serde(flatten)]
@@ -262,74 +262,37 @@ async fn handle_replies(
     topology: &Topology,
     messages: Vec<jetstream::Message>,
 ) {
+    let mut verdicts = Vec::with_capacity(messages.len());
     let mut replies = Vec::with_capacity(messages.len());
-    let mut decoded = Vec::with_capacity(messages.len());
-    for message in messages {
-        match runtime::jetstream::decode::<Reply>(&message) {
+    for message in &messages {
+        match runtime::jetstream::decode::<Reply>(message) {
             Ok(reply) => {
+                verdicts.push(Verdict::Ack);
                 replies.push(reply);
-                decoded.push(message);
             }
-            Err(error) => park(js, topology, &message, &error.to_string()).await,
+            Err(error) => verdicts.push(Verdict::DeadLetter(error.to_string())),
         }
     }
-    if replies.is_empty() {
-        return;
-    }
-    tracing::debug!(replies = replies.len(), "reply batch");
-    match engine.apply_replies(&replies).await {
-        Ok(outcomes) => {
-            for ((message, reply), outcome) in decoded.iter().zip(&replies).zip(outcomes) {
-                match outcome {
-                    ReplyOutcome::Unknown(reason) => park(js, topology, message, &reason).await,
-                    ReplyOutcome::Applied | ReplyOutcome::Ignored => {
-                        if let Err(error) = message.ack().await {
-                            tracing::warn!(%error, saga_id = %reply.saga_id, "ack failed; the reply comes again and is deduplicated");
-                        }
+    if !replies.is_empty() {
+        tracing::debug!(replies = replies.len(), "reply batch");
+        let outcomes = engine.apply_replies(&replies).await;
+        let decoded = verdicts.iter_mut().filter(|v| **v == Verdict::Ack);
+        match outcomes {
+            Ok(outcomes) => {
+                for (verdict, outcome) in decoded.zip(outcomes) {
+                    if let ReplyOutcome::Unknown(reason) = outcome {
+                        *verdict = Verdict::DeadLetter(reason);
                     }
                 }
             }
-        }
-        Err(error) => {
-            tracing::warn!(%error, replies = replies.len(), "reply batch failed; redelivering");
-            for message in &decoded {
-                retry_later(js, topology, message, &error.to_string()).await;
+            Err(error) => {
+                tracing::warn!(%error, replies = replies.len(), "reply batch failed; redelivering");
+                decoded.for_each(|verdict| *verdict = Verdict::RetryLater(error.to_string()));
             }
         }
     }
-}
-
-async fn retry_later(
-    js: &jetstream::Context,
-    topology: &Topology,
-    message: &jetstream::Message,
-    reason: &str,
-) {
-    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-    if delivered >= runtime::jetstream::MAX_DELIVER {
-        park(
-            js,
-            topology,
-            message,
-            &format!("gave up after {delivered} deliveries: {reason}"),
-        )
-        .await;
-        return;
-    }
-    let delay = consume::nak_delay(delivered);
-    if let Err(error) = message.ack_with(jetstream::AckKind::Nak(Some(delay))).await {
-        tracing::warn!(%error, "nak failed; the message comes back after ack_wait");
-    }
-}
-
-async fn park(
-    js: &jetstream::Context,
-    topology: &Topology,
-    message: &jetstream::Message,
-    reason: &str,
-) {
-    if let Err(error) = dead_letter::park(js, topology, message, reason).await {
-        tracing::error!(%error, "dead-lettering failed; the message comes back");
+    for (message, verdict) in messages.iter().zip(verdicts) {
+        consume::settle(js, topology, message, verdict).await;
     }
 }
 

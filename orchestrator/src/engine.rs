@@ -1,14 +1,16 @@
 //! The engine: applies replies and fired timers to sagas through the state machine and turns
-//! the resulting effects into store changes (outbox rows, timers). One transaction carries a
-//! whole batch; a version conflict or deadlock retries the batch with fresh state.
+//! the resulting effects into store changes (outbox rows, timers, the saga's search keys as its
+//! definition derives them). One transaction carries a whole batch; a version conflict or
+//! deadlock retries the batch with fresh state. It also records a span per step attempt, with the
+//! definition's search keys as span attributes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::Utc;
 use contracts::event::SagaFinishedV1;
-use contracts::{DomainEvent, Envelope, MessageId, Reply, SagaId, Topology};
-use runtime::jetstream::{Outgoing, encode};
+use contracts::{DomainEvent, Envelope, EventEnvelope, MessageId, Reply, SagaId, Topology};
+use runtime::jetstream::encode;
 use runtime::outbox::{OutboxMessage, Publisher};
 use serde_json::Value;
 
@@ -77,7 +79,8 @@ impl Engine {
         self.registry.get(&saga.saga_type, saga.definition_version)
     }
 
-    /// Turns a transition's effects into a store change.
+    /// Turns a transition's effects into a store change, with the saga's search keys as its
+    /// definition derives them from its input and context.
     pub fn change(
         &self,
         before: Option<Stored>,
@@ -113,29 +116,22 @@ impl Engine {
                         saga_type: after.saga_type.clone(),
                         state: state.as_str().to_owned(),
                     });
-                    let headers = trace_headers(&after, uuid::Uuid::new_v4());
-                    outbox.push(OutboxMessage::new(self.event(&event, headers)?));
+                    let envelope = EventEnvelope::new(event, Some(after.id), after.updated_at);
+                    let headers = trace_headers(&after, envelope.message_id.0);
+                    outbox.push(OutboxMessage::event(&self.topology, &envelope, &headers)?);
                 }
             }
         }
+        let search_keys = self
+            .definition(&after)
+            .map(|d| d.search_values(&after.input, &after.context))
+            .unwrap_or_default();
         Ok(Change {
             before,
             after,
             timer,
             outbox,
-        })
-    }
-
-    fn event(
-        &self,
-        event: &DomainEvent,
-        headers: BTreeMap<String, String>,
-    ) -> Result<Outgoing, serde_json::Error> {
-        let (context, name) = event.subject_tokens();
-        Ok(Outgoing {
-            subject: self.topology.event_subject(context, name),
-            headers,
-            payload: serde_json::to_vec(event)?,
+            search_keys,
         })
     }
 
@@ -210,7 +206,7 @@ impl Engine {
                     entry.0 = next.saga;
                     entry.1.extend(next.effects);
                     if runtime::telemetry::exporting() {
-                        spans.extend(attempt_span(&entry.0, reply));
+                        spans.extend(attempt_span(definition, &entry.0, reply));
                     }
                     outcomes.push(ReplyOutcome::Applied);
                 }
@@ -459,8 +455,13 @@ fn span_of(id: uuid::Uuid) -> u64 {
 }
 
 /// The span of a step attempt (or compensation attempt) that a reply ended: child of the
-/// request that started the saga, with the span id its command carried.
-fn attempt_span(saga: &Saga, reply: &Envelope<Reply>) -> Option<runtime::telemetry::FinishedSpan> {
+/// request that started the saga, with the span id its command carried. Every search key of the
+/// definition is an attribute (empty while the saga has no value for it).
+fn attempt_span(
+    definition: &SagaDefinition,
+    saga: &Saga,
+    reply: &Envelope<Reply>,
+) -> Option<runtime::telemetry::FinishedSpan> {
     use opentelemetry::KeyValue;
     let trace_id = saga.trace_id.clone()?;
     let root = u64::from_str_radix(saga.trace_root_span.as_deref()?, 16).ok()?;
@@ -471,16 +472,17 @@ fn attempt_span(saga: &Saga, reply: &Envelope<Reply>) -> Option<runtime::telemet
         contracts::Phase::Forward => "step",
         contracts::Phase::Compensate => "compensation",
     };
-    let text = |value: Option<&Value>| value.and_then(Value::as_str).unwrap_or_default().to_owned();
     let mut attributes = vec![
         KeyValue::new("saga.id", saga.id.to_string()),
         KeyValue::new("saga.type", saga.saga_type.clone()),
         KeyValue::new("saga.step", reply.step.clone()),
         KeyValue::new("saga.attempt", i64::from(reply.attempt)),
         KeyValue::new("saga.phase", reply.phase.as_str()),
-        KeyValue::new("customer.id", text(saga.context.get("customer_id"))),
-        KeyValue::new("mission.id", text(saga.input.get("mission_id"))),
     ];
+    attributes.extend(definition.search_keys.iter().map(|key| {
+        let value = key.value(&saga.input, &saga.context).unwrap_or_default();
+        KeyValue::new(key.span_attribute, value)
+    }));
     let error = match &reply.body {
         Reply::Succeeded { .. } => None,
         Reply::Failed(failure) => {

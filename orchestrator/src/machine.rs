@@ -9,7 +9,7 @@ use contracts::{Action, MessageId, Phase, Reply, SagaId, StepFailure};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::definition::{FailurePolicy, RetryPolicy, SagaDefinition};
+use crate::definition::{FailurePolicy, RetryPolicy, SagaDefinition, StepDefinition};
 
 /// The snake_case name a state or kind has in the API and the database (its serde name).
 pub fn label<T: Serialize>(value: &T) -> String {
@@ -352,7 +352,8 @@ pub struct CommandSpec {
     pub attempt: u32,
     /// Derived from saga, step, phase and attempt: a re-send carries the same id.
     pub message_id: MessageId,
-    /// The command body: `{"type": ..., ...input, ...context}`.
+    /// The command body: `{"type": ..., ...input, ...context}`, plus the fields the step binds
+    /// to other keys. The type carries the step's command version (`reward.grant.v2`).
     pub body: Value,
 }
 
@@ -514,12 +515,28 @@ struct Machine<'a> {
 }
 
 impl Machine<'_> {
-    fn command(&self, action: Action, step_index: u16, phase: Phase, attempt: u32) -> CommandSpec {
+    /// The command for `action`, the action of step `step_index` or its compensation.
+    fn command(
+        &self,
+        step: &StepDefinition,
+        action: Action,
+        step_index: u16,
+        phase: Phase,
+        attempt: u32,
+    ) -> CommandSpec {
         let mut body = Map::new();
         for (k, v) in self.saga.input.iter().chain(self.saga.context.iter()) {
             body.insert(k.clone(), v.clone());
         }
-        body.insert("type".into(), Value::String(action.command_type(1)));
+        for (field, key) in step.bind {
+            if let Some(value) = body.get(*key).cloned() {
+                body.insert((*field).to_owned(), value);
+            }
+        }
+        body.insert(
+            "type".into(),
+            Value::String(action.command_type(step.command_version)),
+        );
         CommandSpec {
             action,
             step_index,
@@ -531,20 +548,18 @@ impl Machine<'_> {
     }
 
     fn send(&mut self, step_index: u16, phase: Phase, attempt: u32) {
+        let definition = self.definition;
+        let step = &definition.steps[usize::from(step_index)];
         let (action, timeout) = match phase {
-            Phase::Forward => {
-                let step = &self.definition.steps[usize::from(step_index)];
-                (step.action, step.timeout)
-            }
+            Phase::Forward => (step.action, step.timeout),
             Phase::Compensate => {
-                let step = &self.definition.steps[usize::from(step_index)];
                 let Some(action) = step.compensation else {
                     return;
                 };
-                (action, self.definition.compensation_timeout)
+                (action, definition.compensation_timeout)
             }
         };
-        let command = self.command(action, step_index, phase, attempt);
+        let command = self.command(step, action, step_index, phase, attempt);
         self.effects.push(Effect::Send(command));
         self.effects.push(Effect::SetTimer {
             timer: Timer {

@@ -1,8 +1,10 @@
 //! All SQL of the orchestrator: loading sagas, writing their changes (version-checked), timers,
 //! the reply inbox, idempotency keys and the list queries of the API. Writes are batched with
-//! `UNNEST` so that one transaction carries the changes of many sagas.
+//! `UNNEST` so that one transaction carries the changes of many sagas. A saga's search keys
+//! (what its definition says it can be found by) are one `jsonb` column, written with every
+//! change and matched with `@>`, so the store names no field of any particular saga.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -57,6 +59,9 @@ pub struct Change {
     pub timer: TimerChange,
     /// Messages to publish.
     pub outbox: Vec<OutboxMessage>,
+    /// The saga's search keys after the change, by name (its definition's
+    /// [`crate::definition::SagaDefinition::search_values`]).
+    pub search_keys: BTreeMap<String, String>,
 }
 
 /// Errors of the store.
@@ -103,10 +108,8 @@ pub struct ListFilter {
     pub state: Option<SagaState>,
     /// Only sagas of this type.
     pub saga_type: Option<String>,
-    /// Only sagas of this customer.
-    pub customer_id: Option<String>,
-    /// Only sagas of this mission.
-    pub mission_id: Option<String>,
+    /// Only sagas with every one of these search keys, each with this value.
+    pub keys: BTreeMap<String, String>,
     /// Only sagas created at or after this time.
     pub created_after: Option<DateTime<Utc>>,
     /// Only sagas created before this time.
@@ -182,6 +185,15 @@ impl SagaRow {
     }
 }
 
+/// Search keys as the `jsonb` object they are stored and matched as.
+fn keys_json(keys: &BTreeMap<String, String>) -> Value {
+    Value::Object(
+        keys.iter()
+            .map(|(name, value)| (name.clone(), Value::String(value.clone())))
+            .collect(),
+    )
+}
+
 fn object(value: Value) -> Map<String, Value> {
     match value {
         Value::Object(map) => map,
@@ -229,28 +241,35 @@ impl Store {
         let (after_at, after_id) = filter
             .after
             .map_or((None, None), |(at, id)| (Some(at), Some(id)));
+        // Plans are generic (`plan_cache_mode`): the key condition is in the statement only
+        // when there are keys, so that it can use the GIN index and an unfiltered list the
+        // newest-first index.
+        let keys = (!filter.keys.is_empty()).then(|| keys_json(&filter.keys));
+        let keys_condition = if keys.is_some() {
+            "AND s.search_keys @> $8::jsonb "
+        } else {
+            ""
+        };
         let sql = format!(
             "{SELECT_SAGAS} WHERE ($1::text IS NULL OR s.state = $1::saga_state) \
              AND ($2::text IS NULL OR s.saga_type = $2) \
              AND ($3::timestamptz IS NULL OR (s.created_at, s.id) < ($3, $4)) \
-             AND ($6::text IS NULL OR s.context ->> 'customer_id' = $6) \
-             AND ($7::text IS NULL OR s.input ->> 'mission_id' = $7) \
-             AND ($8::timestamptz IS NULL OR s.created_at >= $8) \
-             AND ($9::timestamptz IS NULL OR s.created_at < $9) \
-             ORDER BY s.created_at DESC, s.id DESC LIMIT $5"
+             AND ($6::timestamptz IS NULL OR s.created_at >= $6) \
+             AND ($7::timestamptz IS NULL OR s.created_at < $7) \
+             {keys_condition}ORDER BY s.created_at DESC, s.id DESC LIMIT $5"
         );
-        let rows: Vec<SagaRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(filter.state.map(SagaState::as_str))
             .bind(filter.saga_type.as_deref())
             .bind(after_at)
             .bind(after_id)
             .bind(filter.limit)
-            .bind(filter.customer_id.as_deref())
-            .bind(filter.mission_id.as_deref())
             .bind(filter.created_after)
-            .bind(filter.created_before)
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(filter.created_before);
+        if let Some(keys) = keys {
+            query = query.bind(keys);
+        }
+        let rows: Vec<SagaRow> = query.fetch_all(&self.pool).await?;
         rows.into_iter()
             .map(|r| r.decode().map(|s| s.saga))
             .collect()
@@ -267,8 +286,9 @@ impl Store {
         let saga = &change.after;
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO sagas (id, saga_type, definition_version, state, input, context, \
-             idempotency_key, request_hash, created_at, updated_at, trace_id, trace_root_span) \
-             VALUES ($1, $2, $3, $4::saga_state, $5, $6, $7, $8, $9, $9, $10, $11) \
+             idempotency_key, request_hash, created_at, updated_at, trace_id, trace_root_span, \
+             search_keys) \
+             VALUES ($1, $2, $3, $4::saga_state, $5, $6, $7, $8, $9, $9, $10, $11, $12) \
              ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         )
         .bind(saga.id.0)
@@ -282,6 +302,7 @@ impl Store {
         .bind(saga.created_at)
         .bind(saga.trace_id.as_deref())
         .bind(saga.trace_root_span.as_deref())
+        .bind(keys_json(&change.search_keys))
         .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_none() {
@@ -443,6 +464,7 @@ struct Batch {
     saga_stop: Vec<Option<String>>,
     saga_version: Vec<i64>,
     saga_updated: Vec<DateTime<Utc>>,
+    saga_keys: Vec<Value>,
     steps: StepColumns,
     comps: StepColumns,
     outbox: Vec<OutboxMessage>,
@@ -496,6 +518,7 @@ impl Batch {
                 b.saga_stop.push(change.after.stop.map(|r| label(&r)));
                 b.saga_version.push(before.version);
                 b.saga_updated.push(change.after.updated_at);
+                b.saga_keys.push(keys_json(&change.search_keys));
             }
             let before = before.map(|b| &b.saga);
             for (index, step) in change.after.steps.iter().enumerate() {
@@ -565,9 +588,11 @@ async fn write(conn: &mut PgConnection, changes: &[Change]) -> Result<usize, Sto
                 step_index = excluded.step_index, phase = excluded.phase, \
                 attempt = excluded.attempt, due_at = excluded.due_at), \
          moved AS (UPDATE sagas s SET state = u.state::saga_state, context = u.context, \
-                stop_reason = u.stop, version = s.version + 1, updated_at = u.updated_at \
+                stop_reason = u.stop, version = s.version + 1, updated_at = u.updated_at, \
+                search_keys = u.keys \
              FROM UNNEST($9::uuid[], $10::text[], $11::jsonb[], $12::text[], $13::int8[], \
-                         $14::timestamptz[]) AS u(id, state, context, stop, version, updated_at) \
+                         $14::timestamptz[], $38::jsonb[]) \
+                 AS u(id, state, context, stop, version, updated_at, keys) \
              WHERE s.id = u.id AND s.version = u.version RETURNING s.id), \
          steps AS (INSERT INTO saga_steps (saga_id, step_index, name, state, attempts, \
                 started_at, finished_at, last_error, retry_base) \
@@ -627,6 +652,7 @@ async fn write(conn: &mut PgConnection, changes: &[Change]) -> Result<usize, Sto
     .bind(&outbox_subjects)
     .bind(&outbox_headers)
     .bind(&outbox_payloads)
+    .bind(&b.saga_keys)
     .fetch_one(conn)
     .await?;
     Ok(usize::try_from(written).unwrap_or(0))

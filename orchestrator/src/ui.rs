@@ -1,9 +1,11 @@
 //! The saga page: a server-rendered view for operators, with no script and nothing loaded from
-//! elsewhere, so that it works offline. `/ui` lists sagas (filters by state, type, customer and
-//! mission; it refreshes itself every 5 s), `/ui/sagas/{id}` shows one saga's timeline: a lane
-//! of forward steps and a lane of compensations, each with its attempts, errors and durations,
-//! and a link to the saga's trace built from `SAGA_TRACE_URL_TEMPLATE`.
+//! elsewhere, so that it works offline. `/ui` lists sagas (filters by state, type and every
+//! search key the definitions declare, such as customer and mission, each also a column; it
+//! refreshes itself every 5 s), `/ui/sagas/{id}` shows one saga's timeline: a lane of forward
+//! steps and a lane of compensations, each with its attempts, errors and durations, and a link
+//! to the saga's trace built from `SAGA_TRACE_URL_TEMPLATE`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use axum::Router;
@@ -13,9 +15,9 @@ use axum::response::Html;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use contracts::SagaId;
-use serde::Deserialize;
 
 use crate::api::{ApiState, SagaView};
+use crate::definition::key_noun;
 use crate::machine::SagaState;
 use crate::store::ListFilter;
 
@@ -90,30 +92,35 @@ fn took(start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) -> String {
     }
 }
 
-/// Filters of `/ui`.
-#[derive(Debug, Default, Deserialize)]
-struct Filters {
-    state: Option<String>,
-    #[serde(rename = "type")]
-    saga_type: Option<String>,
-    customer_id: Option<String>,
-    mission_id: Option<String>,
-}
+/// The filters of `/ui` as given (`state`, `type` and search keys; the last value of a name
+/// counts, other names are ignored), and the value of one when it filters something.
+struct Filters(BTreeMap<String, String>);
 
-fn non_empty(value: Option<String>) -> Option<String> {
-    value.filter(|v| !v.trim().is_empty())
+impl Filters {
+    fn given(&self, name: &str) -> &str {
+        self.0.get(name).map_or("", String::as_str)
+    }
+
+    fn value(&self, name: &str) -> Option<String> {
+        self.0.get(name).filter(|v| !v.trim().is_empty()).cloned()
+    }
 }
 
 async fn list(
     State(ui): State<UiState>,
-    Query(filters): Query<Filters>,
+    Query(parameters): Query<Vec<(String, String)>>,
 ) -> (StatusCode, Html<String>) {
-    let state = non_empty(filters.state.clone()).and_then(|s| SagaState::parse(&s));
+    let filters = Filters(parameters.into_iter().collect());
+    let registry = ui.api.engine.registry();
+    let keys = registry.search_key_names();
+    let state = filters.value("state").and_then(|s| SagaState::parse(&s));
     let filter = ListFilter {
         state,
-        saga_type: non_empty(filters.saga_type.clone()),
-        customer_id: non_empty(filters.customer_id.clone()),
-        mission_id: non_empty(filters.mission_id.clone()),
+        saga_type: filters.value("type"),
+        keys: keys
+            .iter()
+            .filter_map(|key| Some(((*key).to_owned(), filters.value(key)?)))
+            .collect(),
         limit: 100,
         ..ListFilter::default()
     };
@@ -135,15 +142,13 @@ async fn list(
         let _ = write!(body, "<option{selected}>{}</option>", s.as_str());
     }
     body.push_str("</select>");
-    for (name, label, value) in [
-        ("type", "type", &filters.saga_type),
-        ("customer_id", "customer id", &filters.customer_id),
-        ("mission_id", "mission id", &filters.mission_id),
-    ] {
+    for name in std::iter::once("type").chain(keys.iter().copied()) {
         let _ = write!(
             body,
-            "<input name=\"{name}\" placeholder=\"{label}\" value=\"{}\">",
-            escape(value.as_deref().unwrap_or_default())
+            "<input name=\"{name}\" placeholder=\"{label}\" value=\"{value}\">",
+            name = escape(name),
+            label = escape(&name.replace('_', " ")),
+            value = escape(filters.given(name)),
         );
     }
     body.push_str("<button type=\"submit\">Filter</button></form>");
@@ -152,8 +157,16 @@ async fn list(
         "<p class=\"muted\">{} shown, newest first; refreshes every 5 s.</p>",
         sagas.len()
     );
-    body.push_str("<table id=\"sagas\"><tr><th>saga</th><th>type</th><th>state</th><th>customer</th><th>mission</th><th>step</th><th>created</th><th>updated</th></tr>");
+    body.push_str("<table id=\"sagas\"><tr><th>saga</th><th>type</th><th>state</th>");
+    for key in &keys {
+        let _ = write!(body, "<th>{}</th>", escape(&key_noun(key)));
+    }
+    body.push_str("<th>step</th><th>created</th><th>updated</th></tr>");
     for saga in sagas {
+        let values = registry
+            .get(&saga.saga_type, saga.definition_version)
+            .map(|d| d.search_values(&saga.input, &saga.context))
+            .unwrap_or_default();
         let view = SagaView::from(saga);
         let current = view
             .steps
@@ -162,24 +175,19 @@ async fn list(
             .map_or("", |s| s.name.as_str());
         let _ = write!(
             body,
-            "<tr class=\"saga\" data-state=\"{state}\"><td><a href=\"/ui/sagas/{id}\">{id}</a></td><td>{ty}</td><td>{badge}</td>\
-             <td>{customer}</td><td>{mission}</td><td>{current}</td><td>{created}</td><td>{updated}</td></tr>",
+            "<tr class=\"saga\" data-state=\"{state}\"><td><a href=\"/ui/sagas/{id}\">{id}</a></td><td>{ty}</td><td>{badge}</td>",
             state = escape(&view.state),
             id = view.id,
             ty = escape(&view.saga_type),
             badge = badge(&view.state),
-            customer = escape(
-                view.context
-                    .get("customer_id")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("–")
-            ),
-            mission = escape(
-                view.input
-                    .get("mission_id")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("–")
-            ),
+        );
+        for key in &keys {
+            let value = values.get(*key).map_or("–", String::as_str);
+            let _ = write!(body, "<td>{}</td>", escape(value));
+        }
+        let _ = write!(
+            body,
+            "<td>{current}</td><td>{created}</td><td>{updated}</td></tr>",
             current = escape(current),
             created = view.created_at.format("%Y-%m-%d %H:%M:%S"),
             updated = view.updated_at.format("%H:%M:%S%.3f"),

@@ -1,7 +1,9 @@
 //! Integration tests of the saga state machine (`saga_orchestrator::machine`): a table of every
 //! (state, input) pair, the behaviours of the `mission_reward` definition (operator cancel and
 //! retry, the whole-saga deadline included), and property tests that drive random worker and
-//! operator behaviour through the machine's own effects to a terminal state.
+//! operator behaviour through the machine's own effects to a terminal state, for
+//! `mission_reward` and for the definitions not running yet (`mission_reward` v2,
+//! `gift_exchange`), every command checked against its contract.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -11,14 +13,18 @@ use contracts::command::{
     AttachRewardV1, CompleteMissionV1, DetachRewardV1, GrantRewardV1, NotificationStatus,
     RecordMessageV1, ReopenMissionV1, RevokeRewardV1, SendNotificationV1,
 };
-use contracts::reply::{MissionCompletedV1, NotificationOutcomeV1, RewardGrantedV1, output_of};
+use contracts::reply::{
+    GiftIssuedV1, GiftNotificationStatus, GiftNotifiedV1, GiftReservedV1, MissionCompletedV1,
+    NotificationOutcomeV1, RewardGrantedV1, output_of,
+};
 use contracts::{
-    Action, Command, CustomerId, MessageId, MissionId, NotificationId, Phase, Reply, RewardId,
-    SagaId, StepFailure,
+    Action, Command, CustomerId, GiftId, MessageId, MissionId, NotificationId, Phase, Reply,
+    RewardId, SagaId, StepFailure,
 };
 use proptest::prelude::*;
 use saga_orchestrator::definition::{
-    FailurePolicy, Policies, RetryPolicy, SagaDefinition, mission_reward,
+    FailurePolicy, Policies, RetryPolicy, SagaDefinition, gift_exchange, mission_reward,
+    mission_reward_v2,
 };
 use saga_orchestrator::machine::{
     CommandSpec, CompensationRecord, CompensationState, Effect, Ignored, Input, Saga, SagaState,
@@ -49,6 +55,26 @@ fn notification_id() -> NotificationId {
 
 fn customer_id() -> CustomerId {
     "player-42".parse().expect("a valid customer id")
+}
+
+fn gift_id() -> GiftId {
+    GiftId(Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0005))
+}
+
+/// A valid input of `def`.
+fn input_for(def: &SagaDefinition) -> Map<String, Value> {
+    let mut input = Map::new();
+    for (name, _) in def.input_fields {
+        let value = match *name {
+            "mission_id" => json!(mission_id()),
+            "gift_id" => json!(gift_id()),
+            "customer_id" => json!(customer_id()),
+            other => panic!("no fixture for input.{other}"),
+        };
+        input.insert((*name).to_owned(), value);
+    }
+    def.check_input(&Value::Object(input))
+        .expect("the fixture input is valid")
 }
 
 fn t0() -> DateTime<Utc> {
@@ -95,6 +121,17 @@ fn output_for(action: Action) -> Map<String, Value> {
             notification_id: notification_id(),
             notification_status: NotificationStatus::Sent,
             telegram_message_id: Some(4242),
+        }),
+        Action::ReserveGift => output_of(&GiftReservedV1 {
+            gift_name: "Golden mug".to_owned(),
+            price_points: 40,
+        }),
+        Action::IssueGift => output_of(&GiftIssuedV1 {
+            voucher_code: "MUG-4242".to_owned(),
+        }),
+        Action::NotifyGift => output_of(&GiftNotifiedV1 {
+            notification_status: GiftNotificationStatus::Sent,
+            notification_id: Some(notification_id()),
         }),
         _ => Map::new(),
     }
@@ -164,11 +201,9 @@ struct World<'d> {
 
 impl<'d> World<'d> {
     fn new(def: &'d SagaDefinition) -> Self {
-        let mut input = Map::new();
-        input.insert("mission_id".into(), json!(mission_id()));
         Self {
             def,
-            saga: Saga::new(def, saga_id(), input, t0()),
+            saga: Saga::new(def, saga_id(), input_for(def), t0()),
             now: t0(),
             in_flight: None,
             armed: None,
@@ -413,7 +448,8 @@ fn check_effects(
     }
 }
 
-/// Checks a command: its id, its action and that its body parses into the contract.
+/// Checks a command: its id, its action, its versioned type and that its body parses into the
+/// contract.
 fn check_command(def: &SagaDefinition, saga: &Saga, command: &CommandSpec) {
     assert_eq!(
         command.message_id,
@@ -427,7 +463,7 @@ fn check_command(def: &SagaDefinition, saga: &Saga, command: &CommandSpec) {
     assert_eq!(command.action, action);
     assert_eq!(
         command.body.get("type"),
-        Some(&Value::String(action.command_type(1)))
+        Some(&Value::String(action.command_type(step.command_version)))
     );
     let parsed: Command = serde_json::from_value(command.body.clone())
         .unwrap_or_else(|e| panic!("{} does not parse: {e}: {}", action.name(), command.body));
@@ -3450,6 +3486,21 @@ proptest! {
     ) {
         let policies = if tight { tight_policies() } else { Policies::default() };
         let def = mission_reward(&policies);
+        let mut run = simulate(&def, &outcomes, retries);
+        check_ending(&mut run);
+    }
+
+    /// The same guarantees for the definitions that do not run yet, whose commands carry other
+    /// versions and bound fields: every command they send parses into its contract.
+    #[test]
+    fn the_next_definitions_keep_the_guarantees_and_fit_the_contracts(
+        tight in any::<bool>(),
+        gift in any::<bool>(),
+        outcomes in prop::collection::vec(outcome(), 0..160),
+        retries in 0usize..3,
+    ) {
+        let policies = if tight { tight_policies() } else { Policies::default() };
+        let def = if gift { gift_exchange(&policies) } else { mission_reward_v2(&policies) };
         let mut run = simulate(&def, &outcomes, retries);
         check_ending(&mut run);
     }

@@ -1,5 +1,5 @@
 //! The whole platform in one process, for a newcomer's first run and for the end-to-end tests:
-//! the orchestrator and the mission, reward and telegram workers, behind one gateway address
+//! the orchestrator and the mission, reward, wallet and telegram workers, behind one gateway address
 //! that routes every public path as the Istio gateway does in a cluster; plus the Telegram Bot
 //! API stand-in when no bot token is configured.
 
@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use contracts::Worker;
 use orchestrator::app::{Config as OrchestratorConfig, Orchestrator};
+use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +17,7 @@ use workers::reward::{self, RewardWorker};
 use workers::runtime::{WorkerContext, WorkerSettings};
 use workers::telegram::{self, TelegramSettings, TelegramWorker};
 use workers::telegram_stand_in::{self, StandIn};
+use workers::wallet::{self, WalletWorker};
 
 /// Settings of the one-process platform (`SAGA_*`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,8 +88,8 @@ impl Platform {
         let stand_in = if settings
             .telegram
             .telegram_bot_token
-            .as_deref()
-            .is_none_or(|t| t.trim().is_empty())
+            .as_ref()
+            .is_none_or(|t| t.expose_secret().trim().is_empty())
         {
             let state = StandIn::default();
             let (addr, _task) = telegram_stand_in::spawn_with_state(
@@ -117,18 +119,21 @@ impl Platform {
             WorkerContext::connect(&settings.workers, Worker::Mission, &mission::MIGRATOR).await?;
         let reward_ctx =
             WorkerContext::connect(&settings.workers, Worker::Reward, &reward::MIGRATOR).await?;
+        let wallet_ctx =
+            WorkerContext::connect(&settings.workers, Worker::Wallet, &wallet::MIGRATOR).await?;
         let telegram_ctx =
             WorkerContext::connect(&settings.workers, Worker::Telegram, &telegram::MIGRATOR)
                 .await?;
         let mission = MissionWorker::new(mission_ctx.pool.clone());
         let reward = RewardWorker::new(reward_ctx.pool.clone());
+        let wallet = WalletWorker::new(wallet_ctx.pool.clone());
         let telegram = TelegramWorker::new(telegram_ctx.pool.clone(), &settings.telegram)?;
 
         let (orchestrator_api, mut openapi) = orchestrator.api();
         let mut router = orchestrator_api
             .merge(orchestrator.health())
             .merge(orchestrator.ui());
-        for (routes, doc) in [mission.api(), reward.api(), telegram.api()] {
+        for (routes, doc) in [mission.api(), reward.api(), wallet.api(), telegram.api()] {
             router = router.merge(routes);
             openapi.merge(doc);
         }
@@ -153,6 +158,9 @@ impl Platform {
         if runs(Worker::Reward) {
             tasks.spawn(reward.run(reward_ctx.clone(), shutdown.clone()));
         }
+        if runs(Worker::Wallet) {
+            tasks.spawn(wallet.run(wallet_ctx.clone(), shutdown.clone()));
+        }
         if runs(Worker::Telegram) {
             tasks.spawn(telegram.run(telegram_ctx.clone(), shutdown.clone()));
         }
@@ -173,7 +181,7 @@ impl Platform {
         tokio::spawn(async move {
             stop.cancelled().await;
             readiness.stop_accepting();
-            for ctx in [mission_ctx, reward_ctx, telegram_ctx] {
+            for ctx in [mission_ctx, reward_ctx, wallet_ctx, telegram_ctx] {
                 ctx.readiness.stop_accepting();
             }
         });

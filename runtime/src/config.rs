@@ -4,6 +4,7 @@
 
 use figment::Figment;
 use figment::providers::{Env, Serialized};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 /// The environment prefix of every setting.
@@ -20,11 +21,28 @@ where
         .map_err(Box::new)
 }
 
+/// The listen address of one service's HTTP API: `SAGA_<SERVICE>_ADDR` (for example
+/// `SAGA_REWARD_ADDR`), else `default`.
+pub fn listen_addr(service: &str, default: &str) -> Result<String, Box<figment::Error>> {
+    #[derive(Deserialize)]
+    struct Listen {
+        addr: String,
+    }
+    let prefix = format!("{ENV_PREFIX}{}_", service.to_ascii_uppercase());
+    Figment::from(Serialized::default("addr", default))
+        .merge(Env::prefixed(&prefix).only(&["addr"]))
+        .extract::<Listen>()
+        .map(|listen| listen.addr)
+        .map_err(Box::new)
+}
+
 /// Where the shared infrastructure is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Infrastructure {
-    /// PostgreSQL URL (`SAGA_DATABASE_URL`).
-    pub database_url: String,
+    /// PostgreSQL URL (`SAGA_DATABASE_URL`); it may hold a password, so it is a secret: never
+    /// serialized, never shown by `Debug`.
+    #[serde(default = "default_database_url", skip_serializing)]
+    pub database_url: SecretString,
     /// Connections in each service's pool (`SAGA_DATABASE_MAX_CONNECTIONS`).
     pub database_max_connections: u32,
     /// NATS URL (`SAGA_NATS_URL`).
@@ -35,10 +53,14 @@ pub struct Infrastructure {
     pub nats_replicas: usize,
 }
 
+fn default_database_url() -> SecretString {
+    SecretString::from("postgres://postgres@127.0.0.1:5432/saga")
+}
+
 impl Default for Infrastructure {
     fn default() -> Self {
         Self {
-            database_url: "postgres://postgres@127.0.0.1:5432/saga".into(),
+            database_url: default_database_url(),
             database_max_connections: 16,
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_prefix: String::new(),
@@ -50,7 +72,7 @@ impl Default for Infrastructure {
 impl Infrastructure {
     /// The database URL with any password masked, for logs.
     pub fn database_url_redacted(&self) -> String {
-        redact_url(&self.database_url)
+        redact_url(self.database_url.expose_secret())
     }
 }
 
@@ -71,6 +93,14 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listen_address_has_a_default() {
+        assert_eq!(
+            listen_addr("nosuchservice", "127.0.0.1:9").ok().as_deref(),
+            Some("127.0.0.1:9")
+        );
+    }
 
     #[test]
     fn passwords_are_masked() {

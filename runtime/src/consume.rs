@@ -1,14 +1,61 @@
-//! The pull loop every consumer of the platform runs: messages from a durable pull consumer
-//! (with heartbeats, recreated after a failure), handed to the handler in batches of whatever
-//! is ready, until the shutdown signal. A batch that has begun is always finished.
+//! How every consumer of the platform consumes: the pull loop (messages from a durable pull
+//! consumer, with heartbeats, recreated after a failure, handed to the handler in batches of
+//! whatever is ready, until the shutdown signal; a batch that has begun is always finished) and
+//! the one policy that settles each message afterwards: acknowledge it, hand it back for a
+//! later delivery, or park it on the dead-letter stream with its reason. The orchestrator and
+//! every worker settle through [`settle`], so a message is never silently dropped.
 
 use std::future::Future;
 use std::time::Duration;
 
-use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::{Consumer, pull};
+use async_nats::jetstream::{self, AckKind, Message};
+use contracts::Topology;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+
+use crate::dead_letter;
+use crate::jetstream::MAX_DELIVER;
+
+/// What becomes of a message once its consumer is done with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Handled, or a duplicate of something handled: acknowledge it.
+    Ack,
+    /// Infrastructure trouble: deliver it again after a growing delay. Past
+    /// [`MAX_DELIVER`] deliveries it is parked instead, with the last reason.
+    RetryLater(String),
+    /// It can never be handled (undecodable, unknown, refused): park it with the reason.
+    DeadLetter(String),
+}
+
+/// Settles `message` as `verdict` says. A failure to settle is logged: the message then comes
+/// back after its ack wait, and its consumer deduplicates it.
+pub async fn settle(
+    js: &jetstream::Context,
+    topology: &Topology,
+    message: &Message,
+    verdict: Verdict,
+) {
+    let result = match verdict {
+        Verdict::Ack => message.ack().await,
+        Verdict::DeadLetter(reason) => dead_letter::park(js, topology, message, &reason).await,
+        Verdict::RetryLater(reason) => {
+            let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+            if delivered >= MAX_DELIVER {
+                let reason = format!("gave up after {delivered} deliveries: {reason}");
+                dead_letter::park(js, topology, message, &reason).await
+            } else {
+                message
+                    .ack_with(AckKind::Nak(Some(nak_delay(delivered))))
+                    .await
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::warn!(%error, subject = %message.subject, "settling a message failed; it comes back after its ack wait");
+    }
+}
 
 /// Pulls from `consumer` and calls `handle` with each batch of ready messages (at most
 /// `max_batch`) until `shutdown`.

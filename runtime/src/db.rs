@@ -4,6 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Executor};
@@ -11,7 +12,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Executor};
 /// Opens a pool whose connections work in `schema`, creates the schema when missing, and runs
 /// the service's migrations.
 pub async fn connect(
-    url: &str,
+    url: &SecretString,
     schema: &str,
     max_connections: u32,
     migrator: &Migrator,
@@ -25,7 +26,7 @@ pub async fn connect(
             format!("schema name {schema:?} must be letters, digits and '_'").into(),
         ));
     }
-    let base = PgConnectOptions::from_str(url)?.log_statements(tracing::log::LevelFilter::Trace);
+    let base = PgConnectOptions::from_str(url.expose_secret())?.log_statements(tracing::log::LevelFilter::Trace);
     {
         let mut admin = base.connect().await?;
         // Concurrent first starts of several replicas race on CREATE SCHEMA; the advisory lock,

@@ -10,7 +10,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 use contracts::topology::Stream;
-use contracts::{Envelope, Topology};
+use contracts::{Envelope, EventEnvelope, Topology};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -43,7 +43,9 @@ pub enum SetupError {
 
 fn stream_config(topology: &Topology, which: Stream, replicas: usize) -> stream::Config {
     let (retention, max_age) = match which {
-        Stream::Commands | Stream::Replies => (stream::RetentionPolicy::WorkQueue, Duration::ZERO),
+        Stream::Commands | Stream::Replies | Stream::Notifications => {
+            (stream::RetentionPolicy::WorkQueue, Duration::ZERO)
+        }
         Stream::Events => (
             stream::RetentionPolicy::Limits,
             Duration::from_secs(30 * 86_400),
@@ -65,7 +67,7 @@ fn stream_config(topology: &Topology, which: Stream, replicas: usize) -> stream:
     }
 }
 
-/// Creates the four streams when missing (an existing stream is left as it is).
+/// Creates the platform's streams when missing (an existing stream is left as it is).
 pub async fn ensure_streams(
     js: &jetstream::Context,
     topology: &Topology,
@@ -101,7 +103,7 @@ pub async fn ensure_consumer(
                 durable_name: Some(durable.to_owned()),
                 filter_subject: filter_subject.to_owned(),
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                ack_wait: ACK_WAIT,
                 max_deliver: MAX_DELIVER,
                 max_ack_pending: 20_000,
                 ..Default::default()
@@ -110,6 +112,10 @@ pub async fn ensure_consumer(
         .await
         .map_err(|e| SetupError::Consumer(durable.to_owned(), e.to_string()))
 }
+
+/// How long a consumer may hold a message before JetStream delivers it again. Work that calls
+/// another service finishes well within it (see the workers' call budget).
+pub const ACK_WAIT: Duration = Duration::from_secs(30);
 
 /// Deliveries of one message before it is dead-lettered.
 pub const MAX_DELIVER: i64 = 20;
@@ -136,6 +142,21 @@ pub fn encode<B: Serialize>(
     Ok(Outgoing {
         subject,
         headers,
+        payload: serde_json::to_vec(envelope)?,
+    })
+}
+
+/// Encodes a domain event for its subject (`evt.<context>.<name>`), with `headers` (the trace
+/// context of the change that caused it).
+pub fn encode_event(
+    topology: &Topology,
+    envelope: &EventEnvelope,
+    headers: &BTreeMap<String, String>,
+) -> Result<Outgoing, serde_json::Error> {
+    let (context, name) = envelope.event.subject_tokens();
+    Ok(Outgoing {
+        subject: topology.event_subject(context, name),
+        headers: headers.clone(),
         payload: serde_json::to_vec(envelope)?,
     })
 }

@@ -40,6 +40,30 @@ pub const CONSUMER_PENDING: &str = "saga_consumer_pending";
 pub const TELEGRAM_CALLS: &str = "saga_telegram_calls_total";
 /// The Telegram circuit breaker: 0 closed, 1 open.
 pub const TELEGRAM_CIRCUIT_OPEN: &str = "saga_telegram_circuit_open";
+/// Messages of the `notify.telegram` queue the telegram worker settled, by `result`: `sent`,
+/// `already_sent` and `already_failed` (a redelivery under a key already settled: acked, not
+/// sent again), `failed` (refused for good: acked), `retry` (Telegram failing or its breaker
+/// open: handed back with a delay), `dead_letter` (undecodable, a reused key, or out of
+/// deliveries).
+pub const TELEGRAM_QUEUED_DELIVERIES: &str = "saga_telegram_queued_deliveries_total";
+/// The gift worker's circuit breaker around its call to the telegram service: 1 from the
+/// moment it opens until it lets a call through again, else 0.
+pub const GIFT_NOTIFY_BREAKER_OPEN: &str = "saga_gift_notify_breaker_open";
+/// Transitions of the gift worker's circuit breaker, by `to` (`open`, `half_open`, `closed`).
+pub const GIFT_NOTIFY_BREAKER_TRANSITIONS: &str = "saga_gift_notify_breaker_transitions_total";
+/// Gift messages queued on `notify.telegram` by the fallback instead of being sent during the
+/// step, by `reason` (`breaker_open`: not called at all; `call_failed`: the call and its
+/// retries failed).
+pub const GIFT_NOTIFY_QUEUED: &str = "saga_gift_notify_queued_total";
+/// The gift worker's guarded call to the telegram service (breaker, retries and timeouts
+/// included), by `outcome`: `sent`, `refused` (a permanent answer), `failed` (queued after the
+/// retries) or `rejected` (the breaker was open: no call was made).
+pub const GIFT_NOTIFY_CALL_DURATION: &str = "saga_gift_notify_call_seconds";
+/// Domain events a reader skipped because it does not know their type or version, by
+/// `consumer` and `event_type`.
+pub const EVENTS_SKIPPED: &str = "saga_events_skipped_total";
+/// Domain events a reader applied, by `consumer`.
+pub const EVENTS_APPLIED: &str = "saga_events_applied_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -36,6 +36,18 @@ impl OutboxMessage {
             outgoing,
         }
     }
+
+    /// A row for a domain event: the row's id (the `Nats-Msg-Id`) is the event's message id.
+    pub fn event(
+        topology: &contracts::Topology,
+        envelope: &contracts::EventEnvelope,
+        headers: &BTreeMap<String, String>,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            id: envelope.message_id.0,
+            outgoing: crate::jetstream::encode_event(topology, envelope, headers)?,
+        })
+    }
 }
 
 /// Errors of the outbox.

@@ -189,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
                     continue;
                 };
                 if let (Some(id), Some(state)) =
-                    (event["saga_id"].as_str(), event["state"].as_str())
+                    (event["saga_id"].as_str(), event["event"]["state"].as_str())
                 {
                     record(&finishes, id.to_owned(), at, state.to_owned());
                 }

@@ -66,6 +66,16 @@ impl TestPlatform {
 
     /// Starts a platform with `settings` (database and NATS are filled in here).
     pub async fn start_with(settings: Settings) -> anyhow::Result<Self> {
+        Self::start_prepared(settings, |_| async { Ok(()) }).await
+    }
+
+    /// Like [`TestPlatform::start_with`], after `prepare` ran against the fresh database's URL
+    /// (a test that needs data from an earlier release, say).
+    pub async fn start_prepared<F, Fut>(settings: Settings, prepare: F) -> anyhow::Result<Self>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let id = Uuid::new_v4().simple().to_string();
         let database = format!("saga_t_{}", &id[..16]);
@@ -81,6 +91,7 @@ impl TestPlatform {
             .rsplit_once('/')
             .context("database URL without a path")?;
         let database_url = format!("{base_url}/{database}");
+        prepare(database_url.clone()).await?;
         let platform = Platform::start(
             Self::wire(settings, &database_url, &prefix),
             CancellationToken::new(),
@@ -105,7 +116,7 @@ impl TestPlatform {
             &mut settings.orchestrator.infra,
             &mut settings.workers.infra,
         ] {
-            infra.database_url = database_url.to_owned();
+            infra.database_url = database_url.into();
             infra.nats_url = nats_url();
             infra.nats_prefix = prefix.to_owned();
         }
@@ -243,6 +254,17 @@ impl TestPlatform {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A fresh mission worth `points` for an existing `customer`: (customer, chat id (0: not
+    /// looked up), mission).
+    pub async fn create_mission_for(
+        &self,
+        customer: &str,
+        points: i64,
+    ) -> anyhow::Result<(String, i64, Value)> {
+        let mission = self.create_mission(customer, "Slay the dragon", points).await?;
+        Ok((customer.to_owned(), 0, mission))
     }
 
     /// A customer with a linked chat and a fresh mission: (customer, chat id, mission).

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use contracts::reply::{RewardGrantedV1, output_of};
-use contracts::{Action, Command, Reply, RewardId, StepFailure, Worker};
+use contracts::{Action, Reply, RewardId, StepFailure, Worker};
 use reqwest::Method;
 use saga_tests::{FakeWorker, TestPlatform, compensation_names, default_settings, wait_for};
 use serde_json::{Value, json};
@@ -63,11 +63,7 @@ async fn cancelling_a_saga_waits_for_the_step_in_flight_then_undoes_it_and_ends_
 
     reward.reply(&grant, granted()).await?;
     let revoke = reward.next(WAIT).await?;
-    assert!(
-        matches!(revoke.body, Command::RevokeReward(_)),
-        "{:?}",
-        revoke.body
-    );
+    assert_eq!(revoke.body.action(), Action::RevokeReward, "{:?}", revoke.body);
     reward.reply(&revoke, done()).await?;
     let saga = p.wait_terminal(&saga_id, WAIT).await?;
     assert_eq!(saga["state"], "cancelled", "{saga}");
@@ -115,7 +111,7 @@ async fn a_saga_past_its_pivot_cannot_be_cancelled() -> anyhow::Result<()> {
     let saga_id = p.start_saga(mission["id"].as_str().expect("id")).await?;
     wait_for(WAIT, "the telegram step to start", || async {
         let saga = state_of(&p, &saga_id).await?;
-        Ok((saga["steps"][3]["attempts"].as_u64() >= Some(1)).then_some(()))
+        Ok((saga["steps"][4]["attempts"].as_u64() >= Some(1)).then_some(()))
     })
     .await?;
     let (status, _, problem) = p
@@ -146,7 +142,7 @@ async fn failed_saga(p: &TestPlatform, reward: &FakeWorker) -> anyhow::Result<St
     let grant = reward.next(WAIT).await?;
     reward.reply(&grant, granted()).await?;
     let revoke = reward.next(WAIT).await?;
-    assert!(matches!(revoke.body, Command::RevokeReward(_)));
+    assert_eq!(revoke.body.action(), Action::RevokeReward, "{:?}", revoke.body);
     reward
         .reply(
             &revoke,
@@ -158,7 +154,12 @@ async fn failed_saga(p: &TestPlatform, reward: &FakeWorker) -> anyhow::Result<St
         .await?;
     let saga = p.wait_terminal(&saga_id, WAIT).await?;
     assert_eq!(saga["state"], "failed", "{saga}");
-    assert_eq!(saga["compensations"][0]["state"], "failed");
+    assert_eq!(
+        compensation_names(&saga),
+        ["wallet.debit", "reward.revoke"],
+        "the wallet gave the points back; the revoke could not finish"
+    );
+    assert_eq!(saga["compensations"][1]["state"], "failed");
     Ok(saga_id)
 }
 
@@ -180,9 +181,9 @@ async fn retrying_a_failed_saga_resumes_the_compensation_that_could_not_finish()
     assert_eq!(saga["state"], "compensated", "{saga}");
     assert_eq!(
         compensation_names(&saga),
-        ["reward.revoke", "mission.reopen"]
+        ["wallet.debit", "reward.revoke", "mission.reopen"]
     );
-    assert_eq!(saga["compensations"][0]["attempts"], 2);
+    assert_eq!(saga["compensations"][1]["attempts"], 2);
 
     let (status, _, problem) = p
         .call(Method::POST, &format!("/v1/sagas/{saga_id}/retry"), None)
@@ -450,7 +451,7 @@ async fn past_its_deadline_a_saga_before_the_pivot_compensates() -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_saga_keeps_the_definition_version_it_started_with() -> anyhow::Result<()> {
-    use orchestrator::definition::{Policies, Registry, mission_reward};
+    use orchestrator::definition::{Policies, Registry, mission_reward_v2};
     let mut settings = default_settings();
     settings.skip_workers = vec![Worker::Reward];
     let mut p = TestPlatform::start_with(settings.clone()).await?;
@@ -461,11 +462,11 @@ async fn a_running_saga_keeps_the_definition_version_it_started_with() -> anyhow
         .await?;
     let grant = reward.next(WAIT).await?;
 
-    let mut v2 = mission_reward(&Policies::default());
-    v2.version = 2;
-    v2.steps.pop();
+    let mut v3 = mission_reward_v2(&Policies::default());
+    v3.version = 3;
+    v3.steps.pop();
     let mut registry = Registry::builtin(&Policies::default());
-    registry.insert(v2);
+    registry.insert(v3);
     settings.definitions = Some(registry);
     settings.skip_workers = Vec::new();
     p.redeploy(settings).await?;
@@ -476,13 +477,13 @@ async fn a_running_saga_keeps_the_definition_version_it_started_with() -> anyhow
         .await?;
     let new_saga = p.wait_terminal(&new, WAIT).await?;
     assert_eq!(new_saga["state"], "completed", "{new_saga}");
-    assert_eq!(new_saga["definition_version"], 2);
-    assert_eq!(new_saga["steps"].as_array().map(Vec::len), Some(4));
+    assert_eq!(new_saga["definition_version"], 3);
+    assert_eq!(new_saga["steps"].as_array().map(Vec::len), Some(5));
 
     reward.reply(&grant, granted()).await?;
     let old_saga = p.wait_terminal(&old, WAIT).await?;
     assert_eq!(old_saga["state"], "completed", "{old_saga}");
-    assert_eq!(old_saga["definition_version"], 1);
+    assert_eq!(old_saga["definition_version"], 2);
     let steps: Vec<_> = old_saga["steps"]
         .as_array()
         .expect("steps")
@@ -491,8 +492,8 @@ async fn a_running_saga_keeps_the_definition_version_it_started_with() -> anyhow
         .collect();
     assert_eq!(
         steps,
-        vec![json!("succeeded"); 5],
-        "v1's five steps ran to the end"
+        vec![json!("succeeded"); 6],
+        "v2's six steps ran to the end"
     );
     p.stop().await
 }

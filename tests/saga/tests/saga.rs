@@ -50,11 +50,13 @@ async fn a_saga_for_a_new_mission_completes_and_pays_and_tells_the_customer() ->
         [
             "mission.complete",
             "reward.grant",
+            "wallet.credit",
             "mission.attach_reward",
             "telegram.send",
             "mission.record_message"
         ]
     );
+    assert_eq!(saga["definition_version"], 2);
     for s in steps {
         assert_eq!(s["state"], "succeeded", "{s}");
         assert_eq!(s["attempts"], 1, "{s}");
@@ -77,7 +79,13 @@ async fn a_saga_for_a_new_mission_completes_and_pays_and_tells_the_customer() ->
 
     let wallet = p.get(&format!("/v1/wallets/{customer}")).await?;
     assert_eq!(wallet["balance"], 120);
-    assert_eq!(wallet["entries"].as_array().map(Vec::len), Some(1));
+    let entries = wallet["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 1, "{wallet}");
+    assert_eq!(
+        (entries[0]["kind"].clone(), entries[0]["points"].clone()),
+        (json!("credit"), json!(120))
+    );
+    assert_eq!(entries[0]["saga_id"], saga["id"]);
 
     let messages = sent_to(&p, chat_id);
     assert_eq!(messages.len(), 1, "{messages:?}");
@@ -145,11 +153,19 @@ async fn a_frozen_wallet_compensates_and_reopens_the_mission() -> anyhow::Result
 
     assert_eq!(saga["state"], "compensated", "{saga}");
     assert!(
-        step(&saga, "reward.grant")["last_error"]
+        step(&saga, "wallet.credit")["last_error"]
             .as_str()
             .is_some_and(|e| e.contains("wallet_frozen"))
     );
-    assert_eq!(compensation_names(&saga), ["mission.reopen"]);
+    assert_eq!(
+        compensation_names(&saga),
+        ["reward.revoke", "mission.reopen"]
+    );
+    let reward_id = saga["context"]["reward_id"].as_str().expect("granted");
+    assert_eq!(
+        p.get(&format!("/v1/rewards/{reward_id}")).await?["status"],
+        "REVOKED"
+    );
     assert_eq!(
         p.get(&format!("/v1/missions/{mission_id}")).await?["status"],
         "OPEN"
@@ -188,7 +204,7 @@ async fn a_failed_attach_revokes_the_granted_reward_and_reopens_in_reverse_order
     );
     assert_eq!(
         compensation_names(&saga),
-        ["reward.revoke", "mission.reopen"]
+        ["wallet.debit", "reward.revoke", "mission.reopen"]
     );
     for c in saga["compensations"].as_array().expect("compensations") {
         assert_eq!(c["state"], "succeeded", "{c}");
@@ -577,7 +593,7 @@ async fn commands_and_replies_delivered_twice_change_nothing() -> anyhow::Result
             captured.push(message);
         }
     }
-    assert_eq!(captured.len(), 10, "five commands and five replies");
+    assert_eq!(captured.len(), 12, "six commands and six replies");
     let js = async_nats::jetstream::new(p.nats.clone());
     for message in &captured {
         let mut headers = message.headers.clone().unwrap_or_default();

@@ -90,7 +90,7 @@ async fn one_trace_follows_a_saga_through_every_service_and_the_token_stays_secr
     let (stand_in_addr, _server) =
         workers::telegram_stand_in::spawn_with_state("127.0.0.1:0", stand_in.clone()).await?;
     let mut settings = default_settings();
-    settings.telegram.telegram_bot_token = Some(TOKEN.to_owned());
+    settings.telegram.telegram_bot_token = Some(TOKEN.into());
     settings.telegram.telegram_api_base = format!("http://{stand_in_addr}");
     let p = TestPlatform::start_with(settings).await?;
 
@@ -144,6 +144,7 @@ async fn one_trace_follows_a_saga_through_every_service_and_the_token_stays_secr
     let steps = [
         ("mission.complete", "mission", 1),
         ("reward.grant", "reward", 1),
+        ("wallet.credit", "wallet", 1),
         ("mission.attach_reward", "mission", 1),
         ("telegram.send", "telegram", 2),
         ("mission.record_message", "mission", 1),

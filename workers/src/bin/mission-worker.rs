@@ -9,7 +9,7 @@ use saga_workers::runtime::{WorkerContext, WorkerSettings, serve_worker};
 async fn main() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("mission-worker");
     let settings: WorkerSettings = runtime::config::load()?;
-    let addr = std::env::var("SAGA_MISSION_ADDR").unwrap_or_else(|_| "127.0.0.1:8091".into());
+    let addr = runtime::config::listen_addr("mission", "127.0.0.1:8091")?;
     let shutdown = runtime::shutdown::on_signal();
     let context = WorkerContext::connect(&settings, Worker::Mission, &MIGRATOR).await?;
     let worker = MissionWorker::new(context.pool.clone());

@@ -9,7 +9,7 @@ use saga_workers::runtime::{WorkerContext, WorkerSettings, serve_worker};
 async fn main() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("reward-worker");
     let settings: WorkerSettings = runtime::config::load()?;
-    let addr = std::env::var("SAGA_REWARD_ADDR").unwrap_or_else(|_| "127.0.0.1:8092".into());
+    let addr = runtime::config::listen_addr("reward", "127.0.0.1:8092")?;
     let shutdown = runtime::shutdown::on_signal();
     let context = WorkerContext::connect(&settings, Worker::Reward, &MIGRATOR).await?;
     let worker = RewardWorker::new(context.pool.clone());

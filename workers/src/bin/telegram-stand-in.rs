@@ -5,9 +5,9 @@ use saga_workers::telegram_stand_in::{StandIn, serve};
 use tokio::net::TcpListener;
 
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
+async fn main() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("telegram-stand-in");
-    let addr = std::env::var("SAGA_STAND_IN_ADDR").unwrap_or_else(|_| "127.0.0.1:8081".to_owned());
+    let addr = runtime::config::listen_addr("stand_in", "127.0.0.1:8081")?;
     let listener = TcpListener::bind(&addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "telegram stand-in listening");
     let shutdown = runtime::shutdown::on_signal();
@@ -16,5 +16,5 @@ async fn main() -> std::io::Result<()> {
     })
     .await;
     telemetry.shutdown().await;
-    result
+    Ok(result?)
 }

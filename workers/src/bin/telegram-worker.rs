@@ -11,7 +11,7 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("telegram-worker");
     let settings: WorkerSettings = runtime::config::load()?;
     let telegram: TelegramSettings = runtime::config::load()?;
-    let addr = std::env::var("SAGA_TELEGRAM_ADDR").unwrap_or_else(|_| "127.0.0.1:8093".into());
+    let addr = runtime::config::listen_addr("telegram", "127.0.0.1:8093")?;
     let shutdown = runtime::shutdown::on_signal();
     let context = WorkerContext::connect(&settings, Worker::Telegram, &MIGRATOR).await?;
     let worker = TelegramWorker::new(context.pool.clone(), &telegram)?;

@@ -1,0 +1,379 @@
+//! The command loop: a worker's durable pull consumer, handled in batches.
+//!
+//! For each batch the inbox is read first: a command handled before re-sends its stored reply
+//! and changes nothing. Commands whose handling calls another service ([`Mode::Calls`]) run
+//! next, concurrently and outside any transaction, each within [`CALL_BUDGET`] so that no call
+//! outlives the message's ack wait; their handlers keep their own effects idempotent. The
+//! other commands run in one PostgreSQL transaction, which also writes the inbox rows of the
+//! whole batch and the outbox (replies and domain events). Without a failure the batch needs no
+//! savepoints; when one command fails, the transaction is redone with a savepoint per command.
+//! After commit the outbox is published and every message settled by the runtime's one consume
+//! policy: ack, retry later (a [`HandlerError::Retryable`]) or dead letter (a
+//! [`HandlerError::Fatal`], an undecodable message).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use contracts::topology::Stream;
+use contracts::{Command, Envelope, EventEnvelope, MessageId, Reply, Topology, Worker};
+use futures::StreamExt;
+use runtime::consume::{self, Verdict};
+use runtime::jetstream::{Outgoing, encode};
+use runtime::outbox::{self, OutboxMessage, Publisher};
+use sqlx::{Acquire, PgPool};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use super::inbox::{self, InboxRows};
+use super::{Handled, Handler, HandlerError, Mode};
+
+/// The longest a command that calls another service may take: well inside the consumer's ack
+/// wait, so that JetStream does not deliver the command again while it is being handled.
+pub const CALL_BUDGET: Duration = Duration::from_secs(
+    runtime::jetstream::ACK_WAIT.as_secs().saturating_sub(5),
+);
+
+/// How many calling commands of one batch run at once.
+const CONCURRENT_CALLS: usize = 32;
+
+/// Runs a handler against its durable consumer.
+pub struct CommandLoop<H> {
+    handler: Arc<H>,
+    pool: PgPool,
+    js: jetstream::Context,
+    topology: Topology,
+    publisher: Publisher,
+}
+
+impl<H> Clone for CommandLoop<H> {
+    fn clone(&self) -> Self {
+        Self {
+            handler: self.handler.clone(),
+            pool: self.pool.clone(),
+            js: self.js.clone(),
+            topology: self.topology.clone(),
+            publisher: self.publisher.clone(),
+        }
+    }
+}
+
+/// One message of a batch on its way through.
+struct Pending {
+    message: jetstream::Message,
+    command: Option<Envelope<Command>>,
+    verdict: Verdict,
+}
+
+impl<H: Handler> CommandLoop<H> {
+    /// A loop for `handler` over the worker's pool and JetStream.
+    pub fn new(handler: Arc<H>, pool: PgPool, js: jetstream::Context, topology: Topology) -> Self {
+        let publisher = Publisher::new(pool.clone(), js.clone());
+        Self {
+            handler,
+            pool,
+            js,
+            topology,
+            publisher,
+        }
+    }
+
+    /// Consumes commands with `loops` concurrent pull loops until `shutdown`.
+    pub async fn run(
+        self,
+        loops: usize,
+        max_batch: usize,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let worker = self.handler.worker();
+        let consumer = runtime::jetstream::ensure_consumer(
+            &self.js,
+            &self.topology,
+            Stream::Commands,
+            &self.topology.worker_consumer(worker),
+            &self.topology.worker_commands(worker),
+        )
+        .await?;
+        let gauges = tokio::spawn(runtime::metrics::run_gauges(
+            worker.as_str(),
+            self.publisher.clone(),
+            Some(consumer.clone()),
+            shutdown.clone(),
+        ));
+        let pruning = tokio::spawn(inbox::prune(self.pool.clone(), shutdown.clone()));
+        let relay = {
+            let publisher = self.publisher.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                publisher
+                    .run_relay(stop, Duration::from_millis(500), Duration::from_secs(2))
+                    .await;
+            })
+        };
+        let mut tasks = Vec::new();
+        for _ in 0..loops.max(1) {
+            let this = self.clone();
+            let consumer = consumer.clone();
+            let stop = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                consume::run_batches(consumer, max_batch, stop, |batch| this.handle_batch(batch))
+                    .await;
+            }));
+        }
+        for task in tasks {
+            task.await?;
+        }
+        relay.await?;
+        gauges.await?;
+        pruning.await?;
+        Ok(())
+    }
+
+    /// Handles one batch of command messages.
+    pub async fn handle_batch(&self, messages: Vec<jetstream::Message>) {
+        let mut batch: Vec<Pending> = messages
+            .into_iter()
+            .map(|message| match runtime::jetstream::decode::<Command>(&message) {
+                Ok(command) => Pending {
+                    message,
+                    command: Some(command),
+                    verdict: Verdict::Ack,
+                },
+                Err(error) => Pending {
+                    message,
+                    command: None,
+                    verdict: Verdict::DeadLetter(error.to_string()),
+                },
+            })
+            .collect();
+        tracing::debug!(commands = batch.len(), "command batch");
+        match self.process(&mut batch).await {
+            Ok(outbox) => {
+                if let Err(error) = self.publisher.publish(&outbox).await {
+                    tracing::warn!(%error, "publishing replies failed; the relay will retry");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "command batch failed; redelivering");
+                for p in batch.iter_mut().filter(|p| p.verdict == Verdict::Ack) {
+                    p.verdict = Verdict::RetryLater(error.to_string());
+                }
+            }
+        }
+        let settled: Vec<_> = batch
+            .iter_mut()
+            .map(|p| {
+                let verdict = std::mem::replace(&mut p.verdict, Verdict::Ack);
+                consume::settle(&self.js, &self.topology, &p.message, verdict)
+            })
+            .collect();
+        futures::future::join_all(settled).await;
+    }
+
+    async fn process(&self, batch: &mut [Pending]) -> Result<Vec<OutboxMessage>, sqlx::Error> {
+        let ids: Vec<MessageId> = batch
+            .iter()
+            .filter_map(|p| p.command.as_ref().map(|c| c.message_id))
+            .collect();
+        let seen = inbox::stored_replies(&self.pool, &ids).await?;
+        let called = self.call_out(batch, &seen).await;
+        if let Some(outbox) = self.transact(batch, &seen, &called, false).await? {
+            return Ok(outbox);
+        }
+        let careful = self.transact(batch, &seen, &called, true).await?;
+        Ok(careful.unwrap_or_default())
+    }
+
+    /// Runs the batch's calling commands concurrently, outside any transaction, each within
+    /// [`CALL_BUDGET`].
+    async fn call_out(
+        &self,
+        batch: &[Pending],
+        seen: &HashMap<MessageId, Outgoing>,
+    ) -> HashMap<MessageId, Result<Handled, HandlerError>> {
+        let mut calls = Vec::new();
+        for command in batch.iter().filter_map(|p| p.command.as_ref()) {
+            if self.handler.mode(&command.body) == Mode::Calls
+                && !seen.contains_key(&command.message_id)
+            {
+                calls.push(self.call(command));
+            }
+        }
+        futures::stream::iter(calls)
+            .buffer_unordered(CONCURRENT_CALLS)
+            .collect()
+            .await
+    }
+
+    /// One calling command, within [`CALL_BUDGET`].
+    async fn call(
+        &self,
+        command: &Envelope<Command>,
+    ) -> (MessageId, Result<Handled, HandlerError>) {
+        let span = command_span(self.handler.worker(), command);
+        let handled = match tokio::time::timeout(CALL_BUDGET, self.handler.call(command))
+            .instrument(span.clone())
+            .await
+        {
+            Ok(handled) => handled,
+            Err(_) => Err(HandlerError::Retryable(format!(
+                "the call did not finish within {} s",
+                CALL_BUDGET.as_secs()
+            ))),
+        };
+        record_outcome(&span, &handled);
+        (command.message_id, handled)
+    }
+
+    /// Handles the batch's other commands in one transaction and records every answer (the
+    /// calls' too) in the inbox and the outbox. Without `careful`, the first command that fails
+    /// rolls everything back and `None` is returned, so that the batch is handled again with a
+    /// savepoint per command; most batches never fail and skip the savepoints' round trips.
+    async fn transact(
+        &self,
+        batch: &mut [Pending],
+        seen: &HashMap<MessageId, Outgoing>,
+        called: &HashMap<MessageId, Result<Handled, HandlerError>>,
+        careful: bool,
+    ) -> Result<Option<Vec<OutboxMessage>>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut answered: HashMap<MessageId, Outgoing> = HashMap::new();
+        let mut outbox = Vec::new();
+        let mut rows = InboxRows::default();
+        for p in batch.iter_mut() {
+            let Some(command) = &p.command else {
+                continue;
+            };
+            let stored = seen.get(&command.message_id);
+            if let Some(reply) = stored.or_else(|| answered.get(&command.message_id)) {
+                tracing::debug!(message_id = %command.message_id, "duplicate command: re-sending the stored reply");
+                outbox.push(OutboxMessage::new(reply.clone()));
+                continue;
+            }
+            let handled = match called.get(&command.message_id) {
+                Some(Ok(handled)) => Ok(handled.clone()),
+                Some(Err(error)) => Err(error.clone()),
+                None => {
+                    let span = command_span(self.handler.worker(), command);
+                    let handled = if careful {
+                        let mut savepoint = tx.begin().await?;
+                        let handled = self
+                            .handler
+                            .handle(&mut savepoint, command)
+                            .instrument(span.clone())
+                            .await;
+                        if handled.is_ok() {
+                            savepoint.commit().await?;
+                        } else {
+                            savepoint.rollback().await?;
+                        }
+                        handled
+                    } else {
+                        let handled = self
+                            .handler
+                            .handle(&mut tx, command)
+                            .instrument(span.clone())
+                            .await;
+                        if handled.is_err() {
+                            tx.rollback().await?;
+                            return Ok(None);
+                        }
+                        handled
+                    };
+                    record_outcome(&span, &handled);
+                    handled
+                }
+            };
+            match handled {
+                Ok(handled) => {
+                    let (reply, others) = self.outgoing(command, handled);
+                    rows.push(command.message_id, &reply);
+                    outbox.push(OutboxMessage::new(reply.clone()));
+                    outbox.extend(others);
+                    answered.insert(command.message_id, reply);
+                }
+                Err(HandlerError::Retryable(reason)) => {
+                    tracing::warn!(saga_id = %command.saga_id, step = %command.step, %reason, "command will be retried");
+                    p.verdict = Verdict::RetryLater(reason);
+                }
+                Err(HandlerError::Fatal(reason)) => p.verdict = Verdict::DeadLetter(reason),
+            }
+        }
+        rows.insert(&mut tx).await?;
+        outbox::insert(&mut tx, &outbox).await?;
+        tx.commit().await?;
+        Ok(Some(outbox))
+    }
+
+    /// The reply to `command`, and the outbox rows of the events and other messages it made.
+    fn outgoing(
+        &self,
+        command: &Envelope<Command>,
+        handled: Handled,
+    ) -> (Outgoing, Vec<OutboxMessage>) {
+        let reply = command.reply(handled.reply);
+        let subject = self.topology.reply_subject(&command.saga_type);
+        let reply = encode(subject, &reply).unwrap_or_else(|error| Outgoing {
+            subject: self.topology.reply_subject(&command.saga_type),
+            headers: command.headers.clone(),
+            payload: error.to_string().into_bytes(),
+        });
+        let now = chrono::Utc::now();
+        let others = handled
+            .events
+            .into_iter()
+            .filter_map(|event| {
+                let envelope = EventEnvelope::new(event, Some(command.saga_id), now);
+                OutboxMessage::event(&self.topology, &envelope, &command.headers).ok()
+            })
+            .chain(handled.messages.into_iter().map(OutboxMessage::new))
+            .collect();
+        (reply, others)
+    }
+}
+
+/// The span of one command's handling: a child of the step attempt that sent it (its
+/// `traceparent`), with the saga's attributes.
+fn command_span(worker: Worker, command: &Envelope<Command>) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if !runtime::telemetry::exporting() {
+        return tracing::Span::none();
+    }
+    let body = serde_json::to_value(&command.body).unwrap_or_default();
+    let span = tracing::info_span!(
+        "saga.worker",
+        otel.name = %format!("{} {}", worker.as_str(), command.step),
+        otel.kind = "consumer",
+        saga.id = %command.saga_id,
+        saga.type = %command.saga_type,
+        saga.step = %command.step,
+        saga.attempt = command.attempt,
+        saga.phase = command.phase.as_str(),
+        customer.id = body["customer_id"].as_str().unwrap_or_default(),
+        mission.id = body["mission_id"].as_str().unwrap_or_default(),
+        trace_id = command
+            .headers
+            .get("traceparent")
+            .and_then(|t| t.split('-').nth(1))
+            .unwrap_or_default(),
+        error = tracing::field::Empty,
+    );
+    let _ = span.set_parent(runtime::telemetry::extract(&command.headers));
+    span
+}
+
+fn record_outcome(span: &tracing::Span, handled: &Result<Handled, HandlerError>) {
+    match handled {
+        Ok(Handled {
+            reply: Reply::Failed(failure),
+            ..
+        }) => {
+            span.record("error", failure.code.as_str());
+        }
+        Err(error) => {
+            span.record("error", error.to_string().as_str());
+        }
+        Ok(_) => {}
+    }
+}
