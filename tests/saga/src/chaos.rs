@@ -455,7 +455,7 @@ struct Cluster {
     nats_url: String,
     orchestrators: Vec<u16>,
     missions: Vec<u16>,
-    rewards: Vec<u16>,
+    wallets: Vec<u16>,
     telegrams: Vec<u16>,
     stand_in_port: u16,
 }
@@ -545,6 +545,7 @@ impl Cluster {
             ("orchestrator", "SAGA_ORCHESTRATOR_ADDR"),
             ("mission-worker", "SAGA_MISSION_ADDR"),
             ("reward-worker", "SAGA_REWARD_ADDR"),
+            ("wallet-worker", "SAGA_WALLET_ADDR"),
             ("telegram-worker", "SAGA_TELEGRAM_ADDR"),
         ] {
             for replica in 1..=2 {
@@ -587,7 +588,7 @@ impl Cluster {
             nats_url,
             orchestrators: ports_of("orchestrator"),
             missions: ports_of("mission-worker"),
-            rewards: ports_of("reward-worker"),
+            wallets: ports_of("wallet-worker"),
             telegrams: ports_of("telegram-worker"),
             stand_in_port,
         };
@@ -871,7 +872,7 @@ async fn prepare(cluster: &Cluster, client: &Client, sagas: usize) -> anyhow::Re
             }
             if kind == Kind::FrozenWallet {
                 client
-                    .call(Method::POST, &cluster.rewards, &format!("/v1/wallets/{customer}/freeze"), None, None)
+                    .call(Method::POST, &cluster.wallets, &format!("/v1/wallets/{customer}/freeze"), None, None)
                     .await?;
             }
             let (status, mission) = client
@@ -1114,36 +1115,37 @@ async fn check(
 
     let wallets: Vec<(String, i64, i64, i64)> = sqlx::query_as(
         "SELECT w.customer_id, w.balance, \
-                COALESCE((SELECT sum(points) FROM reward.wallet_entries e WHERE e.customer_id = w.customer_id), 0)::int8, \
+                COALESCE((SELECT sum(points) FROM wallet.wallet_entries e WHERE e.customer_id = w.customer_id), 0)::int8, \
                 COALESCE((SELECT sum(points) FROM reward.rewards r WHERE r.customer_id = w.customer_id AND r.status = 'GRANTED'), 0)::int8 \
-         FROM reward.wallets w",
+         FROM wallet.wallets w",
     )
     .fetch_all(&mut db)
     .await?;
     for (customer, balance, ledger, granted) in wallets {
-        if balance != ledger || balance != granted {
+        if balance != ledger || balance != granted || balance < 0 {
             violations.push(format!(
                 "wallet {customer}: balance {balance}, ledger {ledger}, granted rewards {granted}"
             ));
         }
     }
-    let debits: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
-        "SELECT r.id, (SELECT count(*) FROM reward.wallet_entries e WHERE e.reward_id = r.id AND e.kind = 'debit') \
-         FROM reward.rewards r",
+    // Each reward's saga moved the wallet by exactly the reward while it stands, and by
+    // nothing once revoked; never credited or debited twice.
+    let moves: Vec<(uuid::Uuid, String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT r.id, r.status, r.points, \
+                COALESCE(sum(e.points), 0)::int8, \
+                count(e.id) FILTER (WHERE e.kind = 'credit'), \
+                count(e.id) FILTER (WHERE e.kind = 'debit') \
+         FROM reward.rewards r LEFT JOIN wallet.wallet_entries e ON e.saga_id = r.saga_id \
+         GROUP BY r.id, r.status, r.points",
     )
     .fetch_all(&mut db)
     .await?;
-    let revoked: HashMap<uuid::Uuid, bool> = sqlx::query_as::<_, (uuid::Uuid, bool)>(
-        "SELECT id, status = 'REVOKED' FROM reward.rewards",
-    )
-    .fetch_all(&mut db)
-    .await?
-    .into_iter()
-    .collect();
-    for (reward, count) in debits {
-        let expected = i64::from(revoked.get(&reward).copied().unwrap_or(false));
-        if count != expected {
-            violations.push(format!("reward {reward}: debited {count} times"));
+    for (reward, status, points, net, credits, debits) in moves {
+        let expected = if status == "GRANTED" { points } else { 0 };
+        if net != expected || credits > 1 || debits > 1 {
+            violations.push(format!(
+                "reward {reward} ({status}, {points} points): the wallet moved {net} in {credits} credits and {debits} debits"
+            ));
         }
     }
 
