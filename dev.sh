@@ -70,9 +70,39 @@ ensure_nats() {
   tcp_open 4222 || { echo "nats-server did not start; see $RUN_DIR/nats-server.log" >&2; exit 1; }
 }
 
+ensure_mariadb() {
+  if ! command -v mariadbd >/dev/null; then say "installing MariaDB"; apt_install mariadb-server mariadb-client; fi
+  if ! tcp_open 3306; then
+    say "starting MariaDB"
+    as_root mkdir -p /run/mysqld
+    as_root chown mysql:mysql /run/mysqld 2>/dev/null || true
+    as_root start-stop-daemon --start --oknodo --background --exec "$(command -v mariadbd)" -- --user=mysql
+    for _ in $(seq 1 100); do tcp_open 3306 && break; sleep 0.2; done
+  fi
+  tcp_open 3306 || { echo "MariaDB did not start" >&2; exit 1; }
+  # The platform connects over TCP. A fresh Debian install lets root in only through the local
+  # socket: make a local role with a development password then.
+  if mariadb -h 127.0.0.1 -P 3306 -u root -e 'select 1' >/dev/null 2>&1; then
+    MARIADB_URL="mysql://root@127.0.0.1:3306"
+  else
+    say "creating the local MariaDB user 'saga' (root has no TCP login here)"
+    as_root mariadb -e "CREATE USER IF NOT EXISTS 'saga'@'127.0.0.1' IDENTIFIED BY 'saga-local-dev'; \
+      GRANT ALL PRIVILEGES ON *.* TO 'saga'@'127.0.0.1'; FLUSH PRIVILEGES;" >/dev/null
+    MARIADB_URL="mysql://saga:saga-local-dev@127.0.0.1:3306"
+  fi
+  export SAGA_TEST_MARIADB_URL="${SAGA_TEST_MARIADB_URL:-$MARIADB_URL}"
+  export SAGA_MYPAGE_DATABASE_URL="${SAGA_MYPAGE_DATABASE_URL:-$MARIADB_URL/mypage}"
+  local admin="${MARIADB_URL#mysql://}" user pass host
+  user="${admin%%@*}"; host="${admin#*@}"; pass=""
+  case "$user" in *:*) pass="${user#*:}"; user="${user%%:*}";; esac
+  mariadb -h "${host%%:*}" -P "${host##*:}" -u "$user" ${pass:+-p"$pass"} \
+    -e 'CREATE DATABASE IF NOT EXISTS mypage' >/dev/null
+}
+
 services() {
   ensure_postgres
   ensure_nats
+  ensure_mariadb
 }
 
 up() {

@@ -97,14 +97,18 @@ async fn the_saga_page_lists_sagas_and_shows_both_lanes_of_a_compensated_one() -
     let forward = position(&page, "id=\"forward-lane\"");
     let lane = position(&page, "id=\"compensation-lane\"");
     assert!(forward < lane);
-    assert_eq!(page[forward..lane].matches("class=\"box step\"").count(), 5);
+    assert_eq!(page[forward..lane].matches("class=\"box step\"").count(), 6);
     assert!(
         page[forward..lane].contains("mission_on_hold"),
         "the failed step shows its error"
     );
+    let debit = position(&page[lane..], "<h3>wallet.debit</h3>");
     let revoke = position(&page[lane..], "<h3>reward.revoke</h3>");
     let reopen = position(&page[lane..], "<h3>mission.reopen</h3>");
-    assert!(revoke < reopen, "compensations in the order they ran");
+    assert!(
+        debit < revoke && revoke < reopen,
+        "compensations in the order they ran"
+    );
     let trace_id = saga["trace_id"].as_str().expect("trace id");
     assert!(
         page.contains(&format!("/trace/{trace_id}")),
