@@ -81,6 +81,21 @@ impl Orchestrator {
         Self::build_with(config, registry).await
     }
 
+    /// Migrates the orchestrator's schema and returns, without connecting to NATS
+    /// (`SAGA_MIGRATE_ONLY`).
+    pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+        let pool = runtime::db::connect(
+            &config.infra.database_url,
+            &config.orchestrator_schema,
+            1,
+            &MIGRATOR,
+        )
+        .await
+        .with_context(|| format!("PostgreSQL at {}", config.infra.database_url_redacted()))?;
+        pool.close().await;
+        Ok(())
+    }
+
     /// Like [`Orchestrator::build`], with the given saga definitions (a deployment that adds a
     /// new version keeps the old ones, so running sagas finish as they started).
     pub async fn build_with(config: Config, registry: Registry) -> anyhow::Result<Self> {

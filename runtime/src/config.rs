@@ -51,6 +51,9 @@ pub struct Infrastructure {
     pub nats_prefix: String,
     /// Replicas of every stream (`SAGA_NATS_REPLICAS`): 1 locally, 3 on a cluster.
     pub nats_replicas: usize,
+    /// Migrate the service's schema and exit, without connecting to NATS
+    /// (`SAGA_MIGRATE_ONLY`): what a deployment's migration job runs.
+    pub migrate_only: bool,
 }
 
 fn default_database_url() -> SecretString {
@@ -65,6 +68,7 @@ impl Default for Infrastructure {
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_prefix: String::new(),
             nats_replicas: 1,
+            migrate_only: false,
         }
     }
 }

@@ -218,8 +218,54 @@ impl WorkerContext {
     }
 }
 
+/// The body of every worker binary (`service` names it in logs and traces): telemetry, settings, the worker's schema migrated (and
+/// nothing more with `SAGA_MIGRATE_ONLY`), then `build` makes the worker's routes and its
+/// background work from the connected context, and both run until SIGTERM. The HTTP API listens
+/// on `SAGA_<WORKER>_ADDR`, else on `default_addr`.
+pub async fn run_binary<F, Fut>(
+    service: &'static str,
+    worker: Worker,
+    migrator: &'static sqlx::migrate::Migrator,
+    default_addr: &str,
+    build: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(
+        &WorkerContext,
+        CancellationToken,
+    ) -> anyhow::Result<((axum::Router, utoipa::openapi::OpenApi), Fut)>,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    use anyhow::Context as _;
+    let telemetry = runtime::telemetry::init(service);
+    let settings: WorkerSettings = runtime::config::load()?;
+    if settings.infra.migrate_only {
+        let pool = runtime::db::connect(
+            &settings.infra.database_url,
+            worker.as_str(),
+            1,
+            migrator,
+        )
+        .await
+        .with_context(|| format!("PostgreSQL at {}", settings.infra.database_url_redacted()))?;
+        pool.close().await;
+        tracing::info!(schema = worker.as_str(), "migrated; SAGA_MIGRATE_ONLY is set, exiting");
+        telemetry.shutdown().await;
+        return Ok(());
+    }
+    let addr = runtime::config::listen_addr(worker.as_str(), default_addr)?;
+    let shutdown = runtime::shutdown::on_signal();
+    let context = WorkerContext::connect(&settings, worker, migrator).await?;
+    let result = match build(&context, shutdown.clone()) {
+        Ok((api, background)) => serve_worker(&context, &addr, api, background, shutdown).await,
+        Err(error) => Err(error),
+    };
+    telemetry.shutdown().await;
+    result
+}
+
 /// Serves a worker's routes (plus health and OpenAPI) on `addr` and runs `background` until
-/// `shutdown`: the body of every worker binary.
+/// `shutdown`.
 pub async fn serve_worker(
     context: &WorkerContext,
     addr: &str,
