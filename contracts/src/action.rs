@@ -29,6 +29,11 @@ impl Worker {
         Worker::Telegram,
     ];
 
+    /// The worker named `name` in subjects.
+    pub fn parse(name: &str) -> Option<Worker> {
+        Worker::ALL.into_iter().find(|w| w.as_str() == name)
+    }
+
     /// The worker's name as it appears in subjects and consumer names.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -167,6 +172,31 @@ impl Action {
     /// The `type` tag of one version of this action's command (`reward.grant.v2`).
     pub fn command_type(self, version: u16) -> String {
         format!("{}.v{version}", self.name())
+    }
+
+    /// The context fields a reply to this action may carry in its `output` (see
+    /// [`crate::reply::check_output`]).
+    pub fn output_keys(self) -> &'static [&'static str] {
+        match self {
+            Action::CompleteMission => &["customer_id", "mission_title", "reward_points"],
+            Action::GrantReward => &["reward_id"],
+            Action::ReserveGift => &["gift_name", "price_points"],
+            Action::IssueGift => &["voucher_code"],
+            Action::NotifyGift => &["notification_status", "notification_id"],
+            Action::SendNotification => &[
+                "notification_id",
+                "notification_status",
+                "telegram_message_id",
+            ],
+            Action::ReopenMission
+            | Action::AttachReward
+            | Action::DetachReward
+            | Action::RecordMessage
+            | Action::RevokeReward
+            | Action::CreditWallet
+            | Action::DebitWallet
+            | Action::ReleaseGift => &[],
+        }
     }
 
     /// Looks an action up by its `worker.verb` name.

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::command::NotificationStatus;
-use crate::{CustomerId, NotificationId, RewardId};
+use crate::{Action, CustomerId, NotificationId, RewardId};
 
 /// A worker's answer to one command, tagged by `type`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,6 +59,61 @@ impl StepFailure {
             retryable: true,
             ..Self::permanent(code, message)
         }
+    }
+}
+
+/// Checks what a reply to `action` adds to a saga's context (`output`, on success or failure)
+/// against `known` (the saga's input and context so far): only the fields `action` may produce
+/// ([`Action::output_keys`]), each with a value of the right shape and within bounds, and none
+/// changing a value the saga already holds (a later step cannot change the customer). A reply
+/// that fails this is not applied.
+pub fn check_output(
+    action: Action,
+    output: &Map<String, Value>,
+    known: &Map<String, Value>,
+) -> Result<(), String> {
+    for (key, value) in output {
+        if !action.output_keys().contains(&key.as_str()) {
+            return Err(format!("{} does not produce {key:?}", action.name()));
+        }
+        if !valid_output_value(key, value) {
+            return Err(format!(
+                "{key} = {value} is out of bounds for {}",
+                action.name()
+            ));
+        }
+        if let Some(held) = known.get(key)
+            && held != value
+        {
+            return Err(format!(
+                "{} may not change {key} from {held} to {value}",
+                action.name()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn valid_output_value(key: &str, value: &Value) -> bool {
+    let text = value.as_str();
+    let number = value.as_i64();
+    let short_text =
+        |max: usize| text.is_some_and(|t| !t.trim().is_empty() && t.chars().count() <= max);
+    match key {
+        "customer_id" => text.is_some_and(|t| t.parse::<CustomerId>().is_ok()),
+        "mission_title" | "gift_name" => short_text(200),
+        "reward_points" | "price_points" => number.is_some_and(|n| (1..=1_000_000).contains(&n)),
+        "reward_id" | "notification_id" => text.is_some_and(|t| uuid::Uuid::parse_str(t).is_ok()),
+        "telegram_message_id" => number.is_some(),
+        "notification_status" => {
+            text.is_some_and(|t| matches!(t, "pending" | "sent" | "failed" | "queued"))
+        }
+        "voucher_code" => text.is_some_and(|t| {
+            !t.is_empty()
+                && t.len() <= 64
+                && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        }),
+        _ => false,
     }
 }
 
@@ -135,4 +190,49 @@ pub struct NotificationOutcomeV1 {
     /// Telegram's `message_id`, when it was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telegram_message_id: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn outputs_are_checked_against_what_the_action_may_produce() {
+        let none = Map::new();
+        let completed =
+            map(json!({"customer_id": "p1", "mission_title": "Slay", "reward_points": 10}));
+        assert_eq!(
+            check_output(Action::CompleteMission, &completed, &none),
+            Ok(())
+        );
+        let too_rich = map(json!({"customer_id": "p1", "reward_points": 999_999_999}));
+        assert!(check_output(Action::CompleteMission, &too_rich, &none).is_err());
+        let stranger = map(json!({"customer_id": "p1"}));
+        assert!(
+            check_output(Action::GrantReward, &stranger, &none).is_err(),
+            "reward.grant does not name the customer"
+        );
+        let known = map(json!({"customer_id": "p1", "reward_points": 10}));
+        let hijack = map(json!({"customer_id": "attacker"}));
+        assert!(check_output(Action::CompleteMission, &hijack, &known).is_err());
+        assert_eq!(
+            check_output(Action::CompleteMission, &stranger, &known),
+            Ok(())
+        );
+        let bad_id = map(json!({"reward_id": "not-a-uuid"}));
+        assert!(check_output(Action::GrantReward, &bad_id, &none).is_err());
+        let voucher = map(json!({"voucher_code": "ABCD-EFGH-JKMN-PQRS"}));
+        assert_eq!(check_output(Action::IssueGift, &voucher, &none), Ok(()));
+        let queued = map(json!({"notification_status": "queued"}));
+        assert_eq!(check_output(Action::NotifyGift, &queued, &none), Ok(()));
+        assert!(check_output(Action::ReopenMission, &queued, &none).is_err());
+    }
 }

@@ -4,7 +4,7 @@
 //! | stream       | subjects        | retention  | read by                                   |
 //! |--------------|-----------------|------------|-------------------------------------------|
 //! | `SAGA_CMD`   | `cmd.<worker>.<verb>` | work queue | one durable pull consumer per worker |
-//! | `SAGA_REPLY` | `reply.<saga_type>`   | work queue | one durable consumer, all orchestrators |
+//! | `SAGA_REPLY` | `reply.<saga_type>.<worker>` | work queue | one durable consumer, all orchestrators |
 //! | `DOMAIN_EVT` | `evt.<context>.<event>` | limits   | projections (replayable)                |
 //! | `DLQ`        | `dlq.<original subject>` | limits  | operators                               |
 //! | `NOTIFY`     | `notify.<channel>`    | work queue | the channel's sender (telegram)          |
@@ -123,9 +123,29 @@ impl Topology {
         format!("worker-{}", worker.as_str())
     }
 
-    /// The subject replies of one saga type go to.
-    pub fn reply_subject(&self, saga_type: &str) -> String {
-        self.subject(&format!("reply.{saga_type}"))
+    /// The subject on which `worker` answers the commands of sagas of `saga_type`: the worker is
+    /// part of it, so that NATS permissions let a worker answer only as itself and the
+    /// orchestrator can tell who answered.
+    pub fn reply_subject(&self, saga_type: &str, worker: Worker) -> String {
+        self.subject(&format!("reply.{saga_type}.{}", worker.as_str()))
+    }
+
+    /// The saga type and worker a reply subject names, if it is one.
+    pub fn parse_reply_subject<'a>(&self, subject: &'a str) -> Option<(&'a str, Worker)> {
+        let rest = if self.prefix.is_empty() {
+            subject
+        } else {
+            subject
+                .strip_prefix(self.prefix.as_str())?
+                .strip_prefix('.')?
+        };
+        let mut tokens = rest.split('.');
+        let (Some("reply"), Some(saga_type), Some(worker), None) =
+            (tokens.next(), tokens.next(), tokens.next(), tokens.next())
+        else {
+            return None;
+        };
+        Some((saga_type, Worker::parse(worker)?))
     }
 
     /// The durable consumer name all orchestrator replicas share.
@@ -172,7 +192,17 @@ mod tests {
         assert_eq!(t.stream_subjects(Stream::Commands), "cmd.>");
         assert_eq!(t.command_subject(Action::GrantReward), "cmd.reward.grant");
         assert_eq!(t.worker_commands(Worker::Mission), "cmd.mission.>");
-        assert_eq!(t.reply_subject("mission_reward"), "reply.mission_reward");
+        assert_eq!(
+            t.reply_subject("mission_reward", Worker::Reward),
+            "reply.mission_reward.reward"
+        );
+        assert_eq!(
+            t.parse_reply_subject("reply.mission_reward.reward"),
+            Some(("mission_reward", Worker::Reward))
+        );
+        assert_eq!(t.parse_reply_subject("reply.mission_reward"), None);
+        assert_eq!(t.parse_reply_subject("reply.mission_reward.nobody"), None);
+        assert_eq!(t.parse_reply_subject("reply.a.reward.extra"), None);
         assert_eq!(
             t.event_subject("mission", "MissionUpdated"),
             "evt.mission.MissionUpdated"
@@ -196,5 +226,10 @@ mod tests {
             t.dead_letter_subject("t42x.cmd.telegram.send"),
             "t42x.dlq.cmd.telegram.send"
         );
+        assert_eq!(
+            t.parse_reply_subject("t42x.reply.gift_exchange.gift"),
+            Some(("gift_exchange", Worker::Gift))
+        );
+        assert_eq!(t.parse_reply_subject("reply.gift_exchange.gift"), None);
     }
 }

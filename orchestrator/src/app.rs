@@ -11,9 +11,9 @@ use axum::Router;
 use contracts::topology::Stream;
 use contracts::{Reply, Topology};
 use runtime::config::Infrastructure;
+use runtime::consume::{self, Verdict};
 use runtime::http::{Readiness, health_routes};
 use runtime::outbox::Publisher;
-use runtime::consume::{self, Verdict};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ use utoipa::openapi::OpenApi;
 
 use crate::api::{self, ApiState};
 use crate::definition::{Policies, Registry};
-use crate::engine::{Engine, ReplyOutcome};
+use crate::engine::{Engine, Received, ReplyOutcome};
 use crate::store::Store;
 
 /// The orchestrator's configuration (`SAGA_*` environment variables).
@@ -280,10 +280,17 @@ async fn handle_replies(
     let mut verdicts = Vec::with_capacity(messages.len());
     let mut replies = Vec::with_capacity(messages.len());
     for message in &messages {
+        let Some((_, worker)) = topology.parse_reply_subject(message.subject.as_str()) else {
+            verdicts.push(Verdict::DeadLetter(format!(
+                "{} is not a worker's reply subject",
+                message.subject
+            )));
+            continue;
+        };
         match runtime::jetstream::decode::<Reply>(message) {
             Ok(reply) => {
                 verdicts.push(Verdict::Ack);
-                replies.push(reply);
+                replies.push(Received { reply, worker });
             }
             Err(error) => verdicts.push(Verdict::DeadLetter(error.to_string())),
         }
@@ -295,8 +302,13 @@ async fn handle_replies(
         match outcomes {
             Ok(outcomes) => {
                 for (verdict, outcome) in decoded.zip(outcomes) {
-                    if let ReplyOutcome::Unknown(reason) = outcome {
-                        *verdict = Verdict::DeadLetter(reason);
+                    match outcome {
+                        ReplyOutcome::Unknown(reason) => *verdict = Verdict::DeadLetter(reason),
+                        ReplyOutcome::Refused(reason) => {
+                            tracing::warn!(%reason, "a reply was refused");
+                            *verdict = Verdict::DeadLetter(format!("refused: {reason}"));
+                        }
+                        ReplyOutcome::Applied | ReplyOutcome::Ignored => {}
                     }
                 }
             }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use contracts::event::SagaFinishedV1;
-use contracts::{DomainEvent, Envelope, EventEnvelope, MessageId, Reply, SagaId, Topology};
+use contracts::{
+    DomainEvent, Envelope, EventEnvelope, MessageId, Phase, Reply, SagaId, Topology, Worker,
+};
 use runtime::jetstream::encode;
 use runtime::outbox::{OutboxMessage, Publisher};
 use serde_json::Value;
@@ -33,6 +35,66 @@ pub enum ReplyOutcome {
     Ignored,
     /// No saga with that id, or no definition for it: the message is a dead letter.
     Unknown(String),
+    /// Not a genuine answer to the command in flight (wrong worker, wrong command id, an output
+    /// the step may not produce): a dead letter, and the saga does not move. It is not recorded
+    /// in the inbox, so the genuine reply is still applied when it comes.
+    Refused(String),
+}
+
+/// A reply as received: the envelope, and the worker whose reply subject it came on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Received {
+    /// The reply.
+    pub reply: Envelope<Reply>,
+    /// The worker the subject names (`reply.<saga_type>.<worker>`); NATS permissions let only
+    /// that worker publish there.
+    pub worker: Worker,
+}
+
+/// Why `reply` is not a genuine answer to a command `saga` sent, if it is not: it must come
+/// from the worker that owns the step, name the command id the orchestrator derived for that
+/// step, phase and attempt, carry the reply id derived from it, and produce only what the step
+/// may produce without changing what the saga already holds.
+fn vet(definition: &SagaDefinition, saga: &Saga, received: &Received) -> Result<(), String> {
+    let reply = &received.reply;
+    if reply.saga_type != saga.saga_type {
+        return Err(format!(
+            "a reply for a {} saga names saga {} of type {}",
+            reply.saga_type, saga.id, saga.saga_type
+        ));
+    }
+    let step = definition
+        .step(reply.step_index)
+        .ok_or_else(|| format!("saga {} has no step {}", saga.id, reply.step_index))?;
+    let action = match reply.phase {
+        Phase::Forward => Some(step.action),
+        Phase::Compensate => step.compensation,
+    }
+    .ok_or_else(|| format!("step {} has no compensation", reply.step_index))?;
+    if action.worker() != received.worker {
+        return Err(format!(
+            "the {} worker answered for {}, which the {} worker owns",
+            received.worker.as_str(),
+            action.name(),
+            action.worker().as_str()
+        ));
+    }
+    let command = MessageId::for_command(saga.id, reply.step_index, reply.phase, reply.attempt);
+    if reply.correlation_id != Some(command) || reply.message_id != MessageId::for_reply(command) {
+        return Err(format!(
+            "not an answer to a command saga {} sent for {} attempt {}",
+            saga.id,
+            action.name(),
+            reply.attempt
+        ));
+    }
+    let output = match &reply.body {
+        Reply::Succeeded { output } => output,
+        Reply::Failed(failure) => &failure.output,
+    };
+    let mut known = saga.input.clone();
+    known.extend(saga.context.iter().map(|(k, v)| (k.clone(), v.clone())));
+    contracts::reply::check_output(action, output, &known)
 }
 
 /// Applies inputs to sagas and writes the results.
@@ -139,7 +201,7 @@ impl Engine {
     /// the outbox rows it wrote. Returns one outcome per reply, in order.
     pub async fn apply_replies(
         &self,
-        replies: &[Envelope<Reply>],
+        replies: &[Received],
     ) -> Result<Vec<ReplyOutcome>, StoreError> {
         let mut attempt = 0;
         loop {
@@ -161,38 +223,56 @@ impl Engine {
 
     async fn try_apply_replies(
         &self,
-        replies: &[Envelope<Reply>],
+        received: &[Received],
     ) -> Result<(Vec<ReplyOutcome>, Vec<OutboxMessage>), StoreError> {
         let mut tx = self.store.begin().await?;
         let mut spans = Vec::new();
-        let ids: Vec<MessageId> = replies.iter().map(|r| r.message_id).collect();
-        let fresh = Store::admit(&mut tx, &ids).await?;
-        let saga_ids: Vec<SagaId> = replies
-            .iter()
-            .filter(|r| fresh.contains(&r.message_id))
-            .map(|r| r.saga_id)
-            .collect();
+        let saga_ids: Vec<SagaId> = received.iter().map(|r| r.reply.saga_id).collect();
         let loaded = store::load_many(&mut tx, &saga_ids).await?;
+        let mut outcomes: Vec<Option<ReplyOutcome>> = received
+            .iter()
+            .map(|r| {
+                let Some(stored) = loaded.get(&r.reply.saga_id) else {
+                    return Some(ReplyOutcome::Unknown(format!(
+                        "no saga {}",
+                        r.reply.saga_id
+                    )));
+                };
+                let Some(definition) = self.definition(&stored.saga) else {
+                    return Some(ReplyOutcome::Unknown(format!(
+                        "no definition {} v{}",
+                        stored.saga.saga_type, stored.saga.definition_version
+                    )));
+                };
+                vet(definition, &stored.saga, r)
+                    .err()
+                    .map(ReplyOutcome::Refused)
+            })
+            .collect();
+        let genuine: Vec<MessageId> = received
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| outcome.is_none())
+            .map(|(r, _)| r.reply.message_id)
+            .collect();
+        let fresh = Store::admit(&mut tx, &genuine).await?;
         let mut current: HashMap<SagaId, Pending> = HashMap::new();
-        let mut outcomes = Vec::with_capacity(replies.len());
         let now = Utc::now();
-        for reply in replies {
+        for (Received { reply, .. }, outcome) in received.iter().zip(outcomes.iter_mut()) {
+            if outcome.is_some() {
+                continue;
+            }
             if !fresh.contains(&reply.message_id) {
-                outcomes.push(ReplyOutcome::Ignored);
+                *outcome = Some(ReplyOutcome::Ignored);
                 continue;
             }
             let Some(stored) = loaded.get(&reply.saga_id) else {
-                outcomes.push(ReplyOutcome::Unknown(format!("no saga {}", reply.saga_id)));
                 continue;
             };
             let entry = current
                 .entry(reply.saga_id)
                 .or_insert_with(|| (stored.saga.clone(), Vec::new()));
             let Some(definition) = self.definition(&entry.0) else {
-                outcomes.push(ReplyOutcome::Unknown(format!(
-                    "no definition {} v{}",
-                    entry.0.saga_type, entry.0.definition_version
-                )));
                 continue;
             };
             let input = Input::Reply {
@@ -208,11 +288,11 @@ impl Engine {
                     if runtime::telemetry::exporting() {
                         spans.extend(attempt_span(definition, &entry.0, reply));
                     }
-                    outcomes.push(ReplyOutcome::Applied);
+                    *outcome = Some(ReplyOutcome::Applied);
                 }
                 Err(ignored) => {
                     tracing::debug!(saga_id = %reply.saga_id, step = %reply.step, %ignored, "reply ignored");
-                    outcomes.push(ReplyOutcome::Ignored);
+                    *outcome = Some(ReplyOutcome::Ignored);
                 }
             }
         }
@@ -232,6 +312,10 @@ impl Engine {
         changes.iter().for_each(crate::observe::record);
         let outbox = changes.into_iter().flat_map(|c| c.outbox).collect();
         spans.into_iter().for_each(runtime::telemetry::record_span);
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(ReplyOutcome::Ignored))
+            .collect();
         Ok((outcomes, outbox))
     }
 

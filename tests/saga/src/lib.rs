@@ -263,7 +263,9 @@ impl TestPlatform {
         customer: &str,
         points: i64,
     ) -> anyhow::Result<(String, i64, Value)> {
-        let mission = self.create_mission(customer, "Slay the dragon", points).await?;
+        let mission = self
+            .create_mission(customer, "Slay the dragon", points)
+            .await?;
         Ok((customer.to_owned(), 0, mission))
     }
 
@@ -390,8 +392,11 @@ impl FakeWorker {
         reply: contracts::Reply,
     ) -> anyhow::Result<()> {
         let envelope = command.reply(reply);
-        let outgoing =
-            runtime::jetstream::encode(self.topology.reply_subject(&command.saga_type), &envelope)?;
+        let outgoing = runtime::jetstream::encode(
+            self.topology
+                .reply_subject(&command.saga_type, command.body.action().worker()),
+            &envelope,
+        )?;
         runtime::jetstream::publish(&self.js, &outgoing, Some(&envelope.message_id.to_string()))
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))

@@ -31,9 +31,8 @@ use super::{Handled, Handler, HandlerError, Mode};
 
 /// The longest a command that calls another service may take: well inside the consumer's ack
 /// wait, so that JetStream does not deliver the command again while it is being handled.
-pub const CALL_BUDGET: Duration = Duration::from_secs(
-    runtime::jetstream::ACK_WAIT.as_secs().saturating_sub(5),
-);
+pub const CALL_BUDGET: Duration =
+    Duration::from_secs(runtime::jetstream::ACK_WAIT.as_secs().saturating_sub(5));
 
 /// How many calling commands of one batch run at once.
 const CONCURRENT_CALLS: usize = 32;
@@ -134,16 +133,16 @@ impl<H: Handler> CommandLoop<H> {
     pub async fn handle_batch(&self, messages: Vec<jetstream::Message>) {
         let mut batch: Vec<Pending> = messages
             .into_iter()
-            .map(|message| match runtime::jetstream::decode::<Command>(&message) {
+            .map(|message| match self.admit(&message) {
                 Ok(command) => Pending {
                     message,
                     command: Some(command),
                     verdict: Verdict::Ack,
                 },
-                Err(error) => Pending {
+                Err(reason) => Pending {
                     message,
                     command: None,
-                    verdict: Verdict::DeadLetter(error.to_string()),
+                    verdict: Verdict::DeadLetter(reason),
                 },
             })
             .collect();
@@ -169,6 +168,37 @@ impl<H: Handler> CommandLoop<H> {
             })
             .collect();
         futures::future::join_all(settled).await;
+    }
+
+    /// Decodes a command and checks that it is one this worker may act on: the action the
+    /// subject names is the action of the payload (a grant sent on the revoke subject is not run
+    /// as a grant), the action is this worker's, and the saga type can name a reply subject.
+    fn admit(&self, message: &jetstream::Message) -> Result<Envelope<Command>, String> {
+        let command = runtime::jetstream::decode::<Command>(message).map_err(|e| e.to_string())?;
+        let action = command.body.action();
+        if action.worker() != self.handler.worker() {
+            return Err(format!(
+                "{} is not the {} worker's",
+                action.name(),
+                self.handler.worker().as_str()
+            ));
+        }
+        let expected = self.topology.command_subject(action);
+        if message.subject.as_str() != expected {
+            return Err(format!(
+                "a {} command on {}: the subject's action does not match the payload's",
+                action.name(),
+                message.subject
+            ));
+        }
+        let plain = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+        if command.saga_type.is_empty() || !command.saga_type.chars().all(plain) {
+            return Err(format!(
+                "saga type {:?} is not a subject token",
+                command.saga_type
+            ));
+        }
+        Ok(command)
     }
 
     async fn process(&self, batch: &mut [Pending]) -> Result<Vec<OutboxMessage>, sqlx::Error> {
@@ -248,7 +278,10 @@ impl<H: Handler> CommandLoop<H> {
             let stored = seen.get(&command.message_id);
             if let Some(reply) = stored.or_else(|| answered.get(&command.message_id)) {
                 tracing::debug!(message_id = %command.message_id, "duplicate command: re-sending the stored reply");
-                outbox.push(OutboxMessage::new(reply.clone()));
+                outbox.push(OutboxMessage::new(Outgoing {
+                    subject: self.reply_subject(command),
+                    ..reply.clone()
+                }));
                 continue;
             }
             let handled = match called.get(&command.message_id) {
@@ -306,6 +339,12 @@ impl<H: Handler> CommandLoop<H> {
         Ok(Some(outbox))
     }
 
+    /// Where this worker answers `command`.
+    fn reply_subject(&self, command: &Envelope<Command>) -> String {
+        self.topology
+            .reply_subject(&command.saga_type, self.handler.worker())
+    }
+
     /// The reply to `command`, and the outbox rows of the events and other messages it made.
     fn outgoing(
         &self,
@@ -313,9 +352,9 @@ impl<H: Handler> CommandLoop<H> {
         handled: Handled,
     ) -> (Outgoing, Vec<OutboxMessage>) {
         let reply = command.reply(handled.reply);
-        let subject = self.topology.reply_subject(&command.saga_type);
-        let reply = encode(subject, &reply).unwrap_or_else(|error| Outgoing {
-            subject: self.topology.reply_subject(&command.saga_type),
+        let subject = self.reply_subject(command);
+        let reply = encode(subject.clone(), &reply).unwrap_or_else(|error| Outgoing {
+            subject,
             headers: command.headers.clone(),
             payload: error.to_string().into_bytes(),
         });

@@ -39,7 +39,7 @@ pub trait EventHandler: Send + Sync + 'static {
 }
 
 /// What a message on `DOMAIN_EVT` turned out to be.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Sorted {
     /// A known event.
     Known(Box<EventEnvelope>),

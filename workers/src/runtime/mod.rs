@@ -240,16 +240,14 @@ where
     let telemetry = runtime::telemetry::init(service);
     let settings: WorkerSettings = runtime::config::load()?;
     if settings.infra.migrate_only {
-        let pool = runtime::db::connect(
-            &settings.infra.database_url,
-            worker.as_str(),
-            1,
-            migrator,
-        )
-        .await
-        .with_context(|| format!("PostgreSQL at {}", settings.infra.database_url_redacted()))?;
+        let pool = runtime::db::connect(&settings.infra.database_url, worker.as_str(), 1, migrator)
+            .await
+            .with_context(|| format!("PostgreSQL at {}", settings.infra.database_url_redacted()))?;
         pool.close().await;
-        tracing::info!(schema = worker.as_str(), "migrated; SAGA_MIGRATE_ONLY is set, exiting");
+        tracing::info!(
+            schema = worker.as_str(),
+            "migrated; SAGA_MIGRATE_ONLY is set, exiting"
+        );
         telemetry.shutdown().await;
         return Ok(());
     }

@@ -68,17 +68,9 @@ fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, i64)> {
     ))
 }
 
-async fn wallet(
-    pool: &PgPool,
-    customer: &CustomerId,
-    page: EntryPage,
-) -> Result<Wallet, ApiError> {
+async fn wallet(pool: &PgPool, customer: &CustomerId, page: EntryPage) -> Result<Wallet, ApiError> {
     let bad = |detail: String| {
-        ApiError::new(
-            axum::http::StatusCode::BAD_REQUEST,
-            "invalid_query",
-            detail,
-        )
+        ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid_query", detail)
     };
     let limit = page.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
@@ -86,7 +78,9 @@ async fn wallet(
     }
     let after = match page.cursor.as_deref() {
         None | Some("") => None,
-        Some(c) => Some(decode_cursor(c).ok_or_else(|| bad("cursor is not one this API issued".into()))?),
+        Some(c) => {
+            Some(decode_cursor(c).ok_or_else(|| bad("cursor is not one this API issued".into()))?)
+        }
     };
     let (balance, frozen) = store::wallet(pool, customer).await?;
     let mut entries = store::entries(pool, customer, after, limit + 1).await?;
@@ -131,7 +125,9 @@ async fn get_wallet(
 async fn set_frozen(pool: &PgPool, id: &str, frozen: bool) -> Result<axum::Json<Wallet>, ApiError> {
     let customer = id.parse::<CustomerId>()?;
     store::set_frozen(pool, &customer, frozen).await?;
-    Ok(axum::Json(wallet(pool, &customer, EntryPage::default()).await?))
+    Ok(axum::Json(
+        wallet(pool, &customer, EntryPage::default()).await?,
+    ))
 }
 
 /// Freeze a wallet: sagas going forward are refused (`wallet_frozen`), so a mission reward

@@ -21,7 +21,7 @@ use contracts::{
     Command, CustomerId, DomainEvent, Envelope, EventEnvelope, Phase, Reply, StepFailure, Worker,
 };
 use runtime::outbox::{self, OutboxMessage};
-use serde_json::{Map, Value};
+use serde_json::Map;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
@@ -103,10 +103,10 @@ impl WalletWorker {
         }
         match store::book(conn, &c.customer_id, wallet, key, direction, c.points).await? {
             Booked::Now(balance) => Ok(Handled::with_events(
-                moved(balance),
+                moved(),
                 vec![event(direction, &c.customer_id, c.points, balance)],
             )),
-            Booked::Before(balance) => Ok(Handled::reply(moved(balance))),
+            Booked::Before(_) => Ok(Handled::reply(moved())),
             Booked::Insufficient(balance) => {
                 let message = format!(
                     "the wallet of {} holds {balance} points; {} cannot be debited",
@@ -124,10 +124,8 @@ impl WalletWorker {
     }
 }
 
-fn moved(balance: i64) -> Reply {
-    let mut output = Map::new();
-    output.insert("wallet_balance".into(), Value::from(balance));
-    Reply::Succeeded { output }
+fn moved() -> Reply {
+    Reply::Succeeded { output: Map::new() }
 }
 
 fn refuse(failure: StepFailure) -> Handled {
