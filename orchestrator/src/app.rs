@@ -250,9 +250,11 @@ impl Orchestrator {
             .await
             .with_context(|| format!("binding {}", self.config.orchestrator_addr))?;
         tracing::info!(addr = %listener.local_addr()?, "orchestrator listening");
+        let edge = runtime::edge::Edge::from_env()?;
         let (api, openapi) = self.api();
         let router = api
             .merge(self.health())
+            .merge(runtime::auth::login_routes(edge.tokens()))
             .merge(runtime::http::openapi_route(openapi))
             .merge(runtime::metrics::route())
             .merge(self.ui())
@@ -265,7 +267,7 @@ impl Orchestrator {
             stop.cancelled().await;
             readiness.stop_accepting();
         });
-        runtime::http::serve(listener, router, shutdown).await?;
+        edge.serve(listener, router, shutdown).await?;
         while tasks.join_next().await.is_some() {}
         Ok(())
     }

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use contracts::Worker;
 use orchestrator::app::{Config as OrchestratorConfig, Orchestrator};
+use runtime::auth::Tokens;
+use runtime::edge::{Edge, EdgeSettings};
 use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
@@ -52,6 +54,10 @@ pub struct Settings {
     pub skip_workers: Vec<Worker>,
     /// Saga definitions to run instead of the built-in ones.
     pub definitions: Option<orchestrator::definition::Registry>,
+    /// The HTTP edge's limits (`SAGA_REQUEST_TIMEOUT_MS`, ...).
+    pub edge: EdgeSettings,
+    /// The API tokens (`SAGA_API_TOKENS_FILE` or `SAGA_API_TOKENS`).
+    pub tokens: Tokens,
 }
 
 impl Settings {
@@ -64,6 +70,8 @@ impl Settings {
             telegram: runtime::config::load()?,
             skip_workers: Vec::new(),
             definitions: None,
+            edge: runtime::config::load()?,
+            tokens: Tokens::from_env()?,
         })
     }
 }
@@ -138,7 +146,9 @@ impl Platform {
             openapi.merge(doc);
         }
         openapi.info.title = "Reward saga platform".into();
+        let edge = Edge::new(settings.edge.clone(), settings.tokens.clone());
         let router = router
+            .merge(runtime::auth::login_routes(edge.tokens()))
             .merge(runtime::http::openapi_route(openapi))
             .merge(runtime::metrics::route())
             .fallback(runtime::problem::route_not_found);
@@ -174,7 +184,7 @@ impl Platform {
         let readiness = orchestrator.readiness();
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            runtime::http::serve(listener, router, stop).await?;
+            edge.serve(listener, router, stop).await?;
             Ok(())
         });
         let stop = shutdown.clone();

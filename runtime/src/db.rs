@@ -26,7 +26,8 @@ pub async fn connect(
             format!("schema name {schema:?} must be letters, digits and '_'").into(),
         ));
     }
-    let base = PgConnectOptions::from_str(url.expose_secret())?.log_statements(tracing::log::LevelFilter::Trace);
+    let base = PgConnectOptions::from_str(url.expose_secret())?
+        .log_statements(tracing::log::LevelFilter::Trace);
     {
         let mut admin = base.connect().await?;
         // Concurrent first starts of several replicas race on CREATE SCHEMA; the advisory lock,

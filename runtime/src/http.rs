@@ -1,5 +1,6 @@
-//! HTTP serving shared by every service: liveness and readiness routes, and serving a router
-//! until the shutdown signal with a graceful drain.
+//! HTTP pieces every service shares: liveness and readiness routes, the server span of every
+//! request, and the OpenAPI route. Serving itself, behind the edge's checks, is
+//! [`crate::edge::Edge::serve`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,8 +13,6 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// What `/readyz` checks: PostgreSQL answers, JetStream answers, and the process has not begun
 /// to shut down.
@@ -119,17 +118,6 @@ pub fn traced(router: Router) -> Router {
                 },
             ),
     )
-}
-
-/// Serves `router` on `listener` until `shutdown`, then drains in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, traced(router))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }
 
 /// `GET /openapi.json` serving `openapi`.

@@ -3,10 +3,12 @@
 //! transactional outbox and its relay, dead letters, RFC 9457 problem responses, health routes,
 //! logging and the shutdown signal. Nothing saga-specific lives here.
 
+pub mod auth;
 pub mod config;
 pub mod consume;
 pub mod db;
 pub mod dead_letter;
+pub mod edge;
 pub mod http;
 pub mod jetstream;
 pub mod metrics;

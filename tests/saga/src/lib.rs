@@ -36,6 +36,51 @@ pub struct TestPlatform {
     database: String,
     /// NATS, for tests that publish on their own.
     pub nats: async_nats::Client,
+    /// The API tokens of this platform (`http` sends the admin one).
+    pub tokens: TestTokens,
+}
+
+/// One API token per scope, generated for a test platform.
+#[derive(Clone, Debug)]
+pub struct TestTokens {
+    /// Scope `admin`.
+    pub admin: String,
+    /// Scope `game`.
+    pub game: String,
+    /// Scope `read`.
+    pub reader: String,
+    /// Scope `operate`.
+    pub operator: String,
+    /// Scope `notify`.
+    pub notify: String,
+}
+
+impl TestTokens {
+    fn generate() -> Self {
+        let token = |scope: &str| format!("{scope}-{}", Uuid::new_v4().simple());
+        Self {
+            admin: token("admin"),
+            game: token("game"),
+            reader: token("reader"),
+            operator: token("operator"),
+            notify: token("notify"),
+        }
+    }
+
+    /// The platform's token configuration: the hashes, names and scopes.
+    pub fn configuration(&self) -> runtime::auth::Tokens {
+        let entry = |name: &str, token: &str, scope: &str| {
+            json!({"name": name, "sha256": runtime::auth::sha256_hex(token), "scopes": [scope]})
+        };
+        let file = json!({"tokens": [
+            entry("test-admin", &self.admin, "admin"),
+            entry("test-game", &self.game, "game"),
+            entry("test-reader", &self.reader, "read"),
+            entry("test-operator", &self.operator, "operate"),
+            entry("test-notify", &self.notify, "notify"),
+        ]});
+        runtime::auth::Tokens::parse(&file.to_string()).expect("a valid token file")
+    }
 }
 
 /// Knobs a test may turn before the platform starts.
@@ -50,6 +95,8 @@ pub fn default_settings() -> Settings {
         telegram: Default::default(),
         skip_workers: Vec::new(),
         definitions: None,
+        edge: Default::default(),
+        tokens: Default::default(),
     };
     settings.orchestrator.policies.step_timeout = Duration::from_secs(5);
     settings.orchestrator.policies.telegram_timeout = Duration::from_secs(10);
@@ -92,26 +139,40 @@ impl TestPlatform {
             .context("database URL without a path")?;
         let database_url = format!("{base_url}/{database}");
         prepare(database_url.clone()).await?;
+        let tokens = TestTokens::generate();
         let platform = Platform::start(
-            Self::wire(settings, &database_url, &prefix),
+            Self::wire(settings, &database_url, &prefix, &tokens),
             CancellationToken::new(),
         )
         .await?;
         let nats = async_nats::connect(nats_url()).await?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", tokens.admin).parse()?,
+        );
         Ok(Self {
             base: platform.base_url(),
             platform: Some(platform),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                .default_headers(headers)
                 .build()?,
             database_url,
             prefix,
             database,
             nats,
+            tokens,
         })
     }
 
-    fn wire(mut settings: Settings, database_url: &str, prefix: &str) -> Settings {
+    fn wire(
+        mut settings: Settings,
+        database_url: &str,
+        prefix: &str,
+        tokens: &TestTokens,
+    ) -> Settings {
+        settings.tokens = tokens.configuration();
         for infra in [
             &mut settings.orchestrator.infra,
             &mut settings.workers.infra,
@@ -130,7 +191,7 @@ impl TestPlatform {
             platform.stop().await?;
         }
         let platform = Platform::start(
-            Self::wire(settings, &self.database_url, &self.prefix),
+            Self::wire(settings, &self.database_url, &self.prefix, &self.tokens),
             CancellationToken::new(),
         )
         .await?;
@@ -175,6 +236,33 @@ impl TestPlatform {
         } else {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         };
+        Ok((status, headers, body))
+    }
+
+    /// Like [`TestPlatform::call`], with `token` (`None`: no token at all).
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, reqwest::header::HeaderMap, Value)> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let mut request = client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok((status, headers, body))
     }
 

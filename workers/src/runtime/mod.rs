@@ -288,7 +288,8 @@ pub async fn serve_worker(
         stop.cancelled().await;
         readiness.stop_accepting();
     });
-    let (served, ran) = tokio::join!(runtime::http::serve(listener, router, shutdown), background);
+    let edge = runtime::edge::Edge::from_env()?;
+    let (served, ran) = tokio::join!(edge.serve(listener, router, shutdown), background);
     served?;
     ran
 }
