@@ -14,6 +14,7 @@ use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use workers::gift::{self, GiftSettings, GiftWorker};
 use workers::mission::{self, MissionWorker};
 use workers::reward::{self, RewardWorker};
 use workers::runtime::{WorkerContext, WorkerSettings};
@@ -50,6 +51,8 @@ pub struct Settings {
     pub workers: WorkerSettings,
     /// Telegram settings.
     pub telegram: TelegramSettings,
+    /// The gift worker's settings (its orchestrator and telegram URLs are the gateway's here).
+    pub gift: GiftSettings,
     /// Workers not to run in this process (a test may play one itself).
     pub skip_workers: Vec<Worker>,
     /// Saga definitions to run instead of the built-in ones.
@@ -68,6 +71,7 @@ impl Settings {
             orchestrator: runtime::config::load()?,
             workers: runtime::config::load()?,
             telegram: runtime::config::load()?,
+            gift: runtime::config::load()?,
             skip_workers: Vec::new(),
             definitions: None,
             edge: runtime::config::load()?,
@@ -132,6 +136,20 @@ impl Platform {
         let telegram_ctx =
             WorkerContext::connect(&settings.workers, Worker::Telegram, &telegram::MIGRATOR)
                 .await?;
+        let gift_ctx =
+            WorkerContext::connect(&settings.workers, Worker::Gift, &gift::MIGRATOR).await?;
+        // The gift worker calls the orchestrator and the telegram service through the gateway,
+        // so the gateway's address is known first.
+        let listener = tokio::net::TcpListener::bind(&settings.platform.gateway_addr)
+            .await
+            .with_context(|| {
+                format!("binding the gateway on {}", settings.platform.gateway_addr)
+            })?;
+        let gateway = listener.local_addr()?;
+        let gift = GiftWorker::new(
+            gift_ctx.pool.clone(),
+            &settings.gift.at_gateway(&format!("http://{gateway}")),
+        )?;
         let mission = MissionWorker::new(mission_ctx.pool.clone());
         let reward = RewardWorker::new(reward_ctx.pool.clone());
         let wallet = WalletWorker::new(wallet_ctx.pool.clone());
@@ -141,7 +159,13 @@ impl Platform {
         let mut router = orchestrator_api
             .merge(orchestrator.health())
             .merge(orchestrator.ui());
-        for (routes, doc) in [mission.api(), reward.api(), wallet.api(), telegram.api()] {
+        for (routes, doc) in [
+            mission.api(),
+            reward.api(),
+            wallet.api(),
+            gift.api(),
+            telegram.api(),
+        ] {
             router = router.merge(routes);
             openapi.merge(doc);
         }
@@ -171,16 +195,13 @@ impl Platform {
         if runs(Worker::Wallet) {
             tasks.spawn(wallet.run(wallet_ctx.clone(), shutdown.clone()));
         }
+        if runs(Worker::Gift) {
+            tasks.spawn(gift.run(gift_ctx.clone(), shutdown.clone()));
+        }
         if runs(Worker::Telegram) {
             tasks.spawn(telegram.run(telegram_ctx.clone(), shutdown.clone()));
         }
 
-        let listener = tokio::net::TcpListener::bind(&settings.platform.gateway_addr)
-            .await
-            .with_context(|| {
-                format!("binding the gateway on {}", settings.platform.gateway_addr)
-            })?;
-        let gateway = listener.local_addr()?;
         let readiness = orchestrator.readiness();
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -191,7 +212,7 @@ impl Platform {
         tokio::spawn(async move {
             stop.cancelled().await;
             readiness.stop_accepting();
-            for ctx in [mission_ctx, reward_ctx, wallet_ctx, telegram_ctx] {
+            for ctx in [mission_ctx, reward_ctx, wallet_ctx, gift_ctx, telegram_ctx] {
                 ctx.readiness.stop_accepting();
             }
         });

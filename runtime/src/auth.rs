@@ -186,7 +186,10 @@ impl Tokens {
         let mut by_hash = HashMap::new();
         for entry in file.tokens {
             let bytes = hex_bytes(&entry.sha256).ok_or_else(|| {
-                TokenError::Invalid(format!("token {:?}: sha256 is not 64 hex digits", entry.name))
+                TokenError::Invalid(format!(
+                    "token {:?}: sha256 is not 64 hex digits",
+                    entry.name
+                ))
             })?;
             by_hash.insert(
                 bytes,
@@ -254,7 +257,10 @@ fn hex_bytes(hex: &str) -> Option<[u8; 32]> {
 
 /// The token a request presents: its bearer token, else the page's login cookie.
 pub fn presented(headers: &HeaderMap) -> Option<String> {
-    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let (scheme, token) = value.trim().split_once(' ')?;
         return scheme
             .eq_ignore_ascii_case("bearer")
@@ -284,7 +290,8 @@ pub async fn authorize(
     let page = path == "/ui" || path.starts_with("/ui/");
     let Some(token) = presented(request.headers()) else {
         if page && request.method() == Method::GET {
-            return Redirect::to(&format!("/ui/login?next={}", encode_next(&request))).into_response();
+            return Redirect::to(&format!("/ui/login?next={}", encode_next(&request)))
+                .into_response();
         }
         return challenge(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -327,10 +334,7 @@ fn challenge(error: ApiError) -> Response {
 
 /// The page to come back to after logging in: only paths of the page itself.
 fn encode_next(request: &Request) -> String {
-    let target = request
-        .uri()
-        .path_and_query()
-        .map_or("/ui", |p| p.as_str());
+    let target = request.uri().path_and_query().map_or("/ui", |p| p.as_str());
     target
         .bytes()
         .map(|b| match b {
@@ -400,7 +404,10 @@ async fn login_form(
     axum::response::Html(login_page(&form.next, ""))
 }
 
-async fn login(State(tokens): State<Arc<Tokens>>, axum::Form(form): axum::Form<LoginForm>) -> Response {
+async fn login(
+    State(tokens): State<Arc<Tokens>>,
+    axum::Form(form): axum::Form<LoginForm>,
+) -> Response {
     let token = form.token.trim();
     let allowed = tokens
         .caller(token)
@@ -446,20 +453,72 @@ mod tests {
             (Method::POST, "/v1/sagas", Some(Needed::Scope(Scope::Game))),
             (Method::GET, "/v1/sagas", Some(Needed::Scope(Scope::Read))),
             (Method::GET, "/v1/sagas/x", Some(Needed::GameOrRead)),
-            (Method::POST, "/v1/sagas/x/cancel", Some(Needed::Scope(Scope::Operate))),
-            (Method::POST, "/v1/sagas/retry", Some(Needed::Scope(Scope::Operate))),
-            (Method::POST, "/v1/missions", Some(Needed::Scope(Scope::Game))),
-            (Method::POST, "/v1/missions/x/hold", Some(Needed::Scope(Scope::Admin))),
-            (Method::DELETE, "/v1/missions/x/hold", Some(Needed::Scope(Scope::Admin))),
-            (Method::PUT, "/v1/rewards/budget", Some(Needed::Scope(Scope::Admin))),
-            (Method::POST, "/v1/wallets/p/freeze", Some(Needed::Scope(Scope::Admin))),
-            (Method::PUT, "/v1/telegram/chats/p", Some(Needed::Scope(Scope::Game))),
-            (Method::POST, "/v1/telegram/messages", Some(Needed::Scope(Scope::Notify))),
+            (
+                Method::POST,
+                "/v1/sagas/x/cancel",
+                Some(Needed::Scope(Scope::Operate)),
+            ),
+            (
+                Method::POST,
+                "/v1/sagas/retry",
+                Some(Needed::Scope(Scope::Operate)),
+            ),
+            (
+                Method::POST,
+                "/v1/missions",
+                Some(Needed::Scope(Scope::Game)),
+            ),
+            (
+                Method::POST,
+                "/v1/missions/x/hold",
+                Some(Needed::Scope(Scope::Admin)),
+            ),
+            (
+                Method::DELETE,
+                "/v1/missions/x/hold",
+                Some(Needed::Scope(Scope::Admin)),
+            ),
+            (
+                Method::PUT,
+                "/v1/rewards/budget",
+                Some(Needed::Scope(Scope::Admin)),
+            ),
+            (
+                Method::POST,
+                "/v1/wallets/p/freeze",
+                Some(Needed::Scope(Scope::Admin)),
+            ),
+            (
+                Method::PUT,
+                "/v1/telegram/chats/p",
+                Some(Needed::Scope(Scope::Game)),
+            ),
+            (
+                Method::POST,
+                "/v1/telegram/messages",
+                Some(Needed::Scope(Scope::Notify)),
+            ),
             (Method::POST, "/v1/gifts", Some(Needed::Scope(Scope::Admin))),
-            (Method::PATCH, "/v1/gifts/x", Some(Needed::Scope(Scope::Admin))),
-            (Method::POST, "/v1/gifts/x/exchanges", Some(Needed::Scope(Scope::Game))),
-            (Method::POST, "/v1/dead-letters/1/replay", Some(Needed::Scope(Scope::Operate))),
-            (Method::POST, "/v1/mypages/rebuild", Some(Needed::Scope(Scope::Operate))),
+            (
+                Method::PATCH,
+                "/v1/gifts/x",
+                Some(Needed::Scope(Scope::Admin)),
+            ),
+            (
+                Method::POST,
+                "/v1/gifts/x/exchanges",
+                Some(Needed::Scope(Scope::Game)),
+            ),
+            (
+                Method::POST,
+                "/v1/dead-letters/1/replay",
+                Some(Needed::Scope(Scope::Operate)),
+            ),
+            (
+                Method::POST,
+                "/v1/mypages/rebuild",
+                Some(Needed::Scope(Scope::Operate)),
+            ),
             (Method::GET, "/metrics", Some(Needed::Scope(Scope::Read))),
             (Method::GET, "/ui", Some(Needed::Scope(Scope::Read))),
             (Method::POST, "/nowhere", Some(Needed::Scope(Scope::Admin))),
@@ -485,7 +544,9 @@ mod tests {
         let ops = tokens.caller("s3cret-value").expect("known");
         assert_eq!(ops.name, "ops");
         assert!(tokens.caller("s3cret-valuE").is_none());
-        assert!(Tokens::parse(r#"{"tokens": [{"name": "x", "sha256": "zz", "scopes": []}]}"#).is_err());
+        assert!(
+            Tokens::parse(r#"{"tokens": [{"name": "x", "sha256": "zz", "scopes": []}]}"#).is_err()
+        );
         assert!(Tokens::parse("[]").is_err());
     }
 
@@ -501,10 +562,16 @@ mod tests {
     #[test]
     fn the_token_comes_from_the_bearer_header_or_the_login_cookie() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
         assert_eq!(presented(&headers).as_deref(), Some("abc"));
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; saga_token=xyz; b=2"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; saga_token=xyz; b=2"),
+        );
         assert_eq!(presented(&headers).as_deref(), Some("xyz"));
         let mut headers = HeaderMap::new();
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));

@@ -90,7 +90,9 @@ impl Edge {
         let rate = NonZeroU32::new(settings.starts_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(settings.starts_burst).unwrap_or(rate);
         Self {
-            starts: Arc::new(RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))),
+            starts: Arc::new(RateLimiter::keyed(
+                Quota::per_second(rate).allow_burst(burst),
+            )),
             tokens: Arc::new(tokens),
             settings,
         }
@@ -137,7 +139,9 @@ impl Edge {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_millis(self.settings.header_timeout_ms.max(1)));
+            .header_read_timeout(Duration::from_millis(
+                self.settings.header_timeout_ms.max(1),
+            ));
         let graceful = GracefulShutdown::new();
         loop {
             let (stream, _) = tokio::select! {
@@ -151,12 +155,9 @@ impl Edge {
                     }
                 },
             };
-            let service = app
-                .clone()
-                .into_service::<Body>()
-                .map_request(|request: hyper::Request<hyper::body::Incoming>| {
-                    request.map(Body::new)
-                });
+            let service = app.clone().into_service::<Body>().map_request(
+                |request: hyper::Request<hyper::body::Incoming>| request.map(Body::new),
+            );
             let service = TowerToHyperService::new(service);
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -221,7 +222,10 @@ fn starts(method: &Method, path: &str) -> bool {
         return false;
     }
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    matches!(parts.as_slice(), ["v1", "sagas"] | ["v1", "gifts", _, "exchanges"])
+    matches!(
+        parts.as_slice(),
+        ["v1", "sagas"] | ["v1", "gifts", _, "exchanges"]
+    )
 }
 
 /// 429 with `Retry-After` when a token starts sagas faster than its quota.

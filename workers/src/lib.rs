@@ -7,6 +7,7 @@
 
 pub mod gift;
 pub mod mission;
+pub mod mypage;
 pub mod reward;
 pub mod runtime;
 pub mod telegram;

@@ -39,6 +39,9 @@ struct Args {
     /// Sagas in flight at once.
     #[arg(long, short = 'c', default_value_t = 50)]
     concurrency: usize,
+    /// An API token with the admin scope (it sets the budget, then plays the game backend).
+    #[arg(long, env = "SAGA_API_TOKEN", hide_env_values = true)]
+    token: String,
 }
 
 enum Finish {
@@ -132,9 +135,17 @@ async fn post(http: &reqwest::Client, url: String, body: Value) -> anyhow::Resul
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", args.token)
+            .parse()
+            .context("the token is not a valid header value")?,
+    );
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency * 2)
         .timeout(Duration::from_secs(30))
+        .default_headers(headers)
         .build()?;
     let base = args.base_url.trim_end_matches('/').to_owned();
     http.put(format!("{base}/v1/rewards/budget"))

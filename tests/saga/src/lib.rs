@@ -69,9 +69,7 @@ impl TestTokens {
 
     /// The platform's token configuration: the hashes, names and scopes.
     pub fn configuration(&self) -> runtime::auth::Tokens {
-        let entry = |name: &str, token: &str, scope: &str| {
-            json!({"name": name, "sha256": runtime::auth::sha256_hex(token), "scopes": [scope]})
-        };
+        let entry = |name: &str, token: &str, scope: &str| json!({"name": name, "sha256": runtime::auth::sha256_hex(token), "scopes": [scope]});
         let file = json!({"tokens": [
             entry("test-admin", &self.admin, "admin"),
             entry("test-game", &self.game, "game"),
@@ -93,6 +91,7 @@ pub fn default_settings() -> Settings {
         orchestrator: Default::default(),
         workers: Default::default(),
         telegram: Default::default(),
+        gift: Default::default(),
         skip_workers: Vec::new(),
         definitions: None,
         edge: Default::default(),
@@ -173,6 +172,7 @@ impl TestPlatform {
         tokens: &TestTokens,
     ) -> Settings {
         settings.tokens = tokens.configuration();
+        settings.gift.gift_service_token = Some(tokens.notify.as_str().into());
         for infra in [
             &mut settings.orchestrator.infra,
             &mut settings.workers.infra,
@@ -491,4 +491,5 @@ impl FakeWorker {
     }
 }
 
+pub mod browser;
 pub mod chaos;

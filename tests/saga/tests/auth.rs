@@ -49,12 +49,14 @@ async fn every_route_needs_a_token_with_its_scope() -> anyhow::Result<()> {
     ];
     for (method, path) in &routes {
         for token in [None, Some("not-a-token")] {
-            let (status, headers, problem) =
-                p.call_as(token, method.clone(), path, None).await?;
+            let (status, headers, problem) = p.call_as(token, method.clone(), path, None).await?;
             assert_eq!(status, 401, "{method} {path} with {token:?}: {problem}");
             assert_eq!(headers["content-type"], "application/problem+json");
             assert!(
-                matches!(problem["code"].as_str(), Some("unauthenticated" | "invalid_token")),
+                matches!(
+                    problem["code"].as_str(),
+                    Some("unauthenticated" | "invalid_token")
+                ),
                 "{problem}"
             );
             assert!(headers.contains_key("www-authenticate"));
@@ -131,13 +133,21 @@ async fn the_saga_page_asks_a_browser_to_log_in_and_keeps_the_token_in_a_strict_
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
-    let page = client.get(format!("{}/ui?state=failed", p.base)).send().await?;
+    let page = client
+        .get(format!("{}/ui?state=failed", p.base))
+        .send()
+        .await?;
     assert_eq!(page.status(), 303);
-    assert_eq!(page.headers()["location"], "/ui/login?next=/ui%3Fstate%3Dfailed");
+    assert_eq!(
+        page.headers()["location"],
+        "/ui/login?next=/ui%3Fstate%3Dfailed"
+    );
 
     let form = client.get(format!("{}/ui/login", p.base)).send().await?;
     assert_eq!(form.status(), 200);
-    let policy = form.headers()["content-security-policy"].to_str()?.to_owned();
+    let policy = form.headers()["content-security-policy"]
+        .to_str()?
+        .to_owned();
     assert!(policy.contains("default-src 'none'"), "{policy}");
     assert!(form.text().await?.contains("name=\"token\""));
 
@@ -150,11 +160,18 @@ async fn the_saga_page_asks_a_browser_to_log_in_and_keeps_the_token_in_a_strict_
 
     let logged_in = client
         .post(format!("{}/ui/login", p.base))
-        .form(&[("token", p.tokens.reader.as_str()), ("next", "https://elsewhere.example/")])
+        .form(&[
+            ("token", p.tokens.reader.as_str()),
+            ("next", "https://elsewhere.example/"),
+        ])
         .send()
         .await?;
     assert_eq!(logged_in.status(), 303);
-    assert_eq!(logged_in.headers()["location"], "/ui", "never sent elsewhere");
+    assert_eq!(
+        logged_in.headers()["location"],
+        "/ui",
+        "never sent elsewhere"
+    );
     let cookie = logged_in.headers()["set-cookie"].to_str()?.to_owned();
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),

@@ -63,7 +63,12 @@ async fn cancelling_a_saga_waits_for_the_step_in_flight_then_undoes_it_and_ends_
 
     reward.reply(&grant, granted()).await?;
     let revoke = reward.next(WAIT).await?;
-    assert_eq!(revoke.body.action(), Action::RevokeReward, "{:?}", revoke.body);
+    assert_eq!(
+        revoke.body.action(),
+        Action::RevokeReward,
+        "{:?}",
+        revoke.body
+    );
     reward.reply(&revoke, done()).await?;
     let saga = p.wait_terminal(&saga_id, WAIT).await?;
     assert_eq!(saga["state"], "cancelled", "{saga}");
@@ -142,7 +147,12 @@ async fn failed_saga(p: &TestPlatform, reward: &FakeWorker) -> anyhow::Result<St
     let grant = reward.next(WAIT).await?;
     reward.reply(&grant, granted()).await?;
     let revoke = reward.next(WAIT).await?;
-    assert_eq!(revoke.body.action(), Action::RevokeReward, "{:?}", revoke.body);
+    assert_eq!(
+        revoke.body.action(),
+        Action::RevokeReward,
+        "{:?}",
+        revoke.body
+    );
     reward
         .reply(
             &revoke,

@@ -1,54 +1,17 @@
-//! The saga page in a real browser: headless Chromium (Debian's `chromium`) renders `/ui` and a
-//! compensated saga's `/ui/sagas/{id}`, and the rendered DOM must list the sagas, show both
-//! lanes with the compensations in the order they ran, and link the trace. A screenshot of the
-//! compensated saga is left in `target/saga-page.png`.
+//! The saga page in a real browser: headless Chromium (Debian's `chromium`, driven through
+//! `chromedriver`) logs in through the page's form, renders `/ui` and a compensated saga's
+//! `/ui/sagas/{id}`, and the rendered DOM must list the sagas, show both lanes with the
+//! compensations in the order they ran, and link the trace. A screenshot of the compensated
+//! saga is left in `target/saga-page.png`.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use reqwest::Method;
 use saga_tests::TestPlatform;
+use saga_tests::browser::Browser;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn chromium() -> PathBuf {
-    let path = std::env::var("SAGA_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let path = PathBuf::from(path);
-    assert!(
-        path.exists(),
-        "{} is missing: ./dev.sh test installs Debian's chromium",
-        path.display()
-    );
-    path
-}
-
-fn browse(url: &str, extra: &[String]) -> anyhow::Result<String> {
-    let profile = std::env::temp_dir().join(format!("saga-ui-{}", uuid::Uuid::new_v4().simple()));
-    let output = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--window-size=1280,900",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(extra)
-        .arg(url)
-        .output()?;
-    let _ = std::fs::remove_dir_all(&profile);
-    anyhow::ensure!(
-        output.status.success(),
-        "chromium: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8(output.stdout)?)
-}
 
 fn position(haystack: &str, needle: &str) -> usize {
     haystack
@@ -73,7 +36,10 @@ async fn the_saga_page_lists_sagas_and_shows_both_lanes_of_a_compensated_one() -
     let saga = p.wait_terminal(&compensated, WAIT).await?;
     assert_eq!(saga["state"], "compensated");
 
-    let list = browse(&format!("{}/ui", p.base), &["--dump-dom".into()])?;
+    let browser = Browser::start().await?;
+    browser.log_in(&p.base, &p.tokens.reader).await?;
+    browser.client.goto(&format!("{}/ui", p.base)).await?;
+    let list = browser.html().await?;
     assert!(
         list.contains(&format!("href=\"/ui/sagas/{completed}\"")),
         "{list}"
@@ -83,17 +49,19 @@ async fn the_saga_page_lists_sagas_and_shows_both_lanes_of_a_compensated_one() -
         "{list}"
     );
     assert_eq!(list.matches("class=\"saga\"").count(), 2);
-    let filtered = browse(
-        &format!("{}/ui?state=compensated", p.base),
-        &["--dump-dom".into()],
-    )?;
+    browser
+        .client
+        .goto(&format!("{}/ui?state=compensated", p.base))
+        .await?;
+    let filtered = browser.html().await?;
     assert!(
         filtered.contains(&compensated) && !filtered.contains(&completed),
         "{filtered}"
     );
 
     let url = format!("{}/ui/sagas/{compensated}", p.base);
-    let page = browse(&url, &["--dump-dom".into()])?;
+    browser.client.goto(&url).await?;
+    let page = browser.html().await?;
     let forward = position(&page, "id=\"forward-lane\"");
     let lane = position(&page, "id=\"compensation-lane\"");
     assert!(forward < lane);
@@ -116,7 +84,8 @@ async fn the_saga_page_lists_sagas_and_shows_both_lanes_of_a_compensated_one() -
     );
 
     let screenshot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/saga-page.png");
-    browse(&url, &[format!("--screenshot={}", screenshot.display())])?;
+    std::fs::write(&screenshot, browser.client.screenshot().await?)?;
+    browser.close().await?;
     assert!(
         std::fs::metadata(&screenshot)?.len() > 10_000,
         "a real screenshot"

@@ -28,10 +28,14 @@ async fn wallet(p: &TestPlatform, customer: &str) -> anyhow::Result<Value> {
 
 /// Waits until the customer's balance is `balance`, and returns the wallet.
 async fn balance_becomes(p: &TestPlatform, customer: &str, balance: i64) -> anyhow::Result<Value> {
-    wait_for(WAIT, &format!("{customer}'s balance to be {balance}"), || async {
-        let wallet = wallet(p, customer).await?;
-        Ok((wallet["balance"] == balance).then_some(wallet))
-    })
+    wait_for(
+        WAIT,
+        &format!("{customer}'s balance to be {balance}"),
+        || async {
+            let wallet = wallet(p, customer).await?;
+            Ok((wallet["balance"] == balance).then_some(wallet))
+        },
+    )
     .await
 }
 
@@ -83,7 +87,10 @@ async fn a_version_1_saga_runs_through_the_upgrade_and_is_credited_exactly_once(
         .map(|s| (s["name"].clone(), s["state"].clone()))
         .collect();
     assert_eq!(names.len(), 5, "version 1's five steps: {names:?}");
-    assert!(names.iter().all(|(_, state)| state == "succeeded"), "{names:?}");
+    assert!(
+        names.iter().all(|(_, state)| state == "succeeded"),
+        "{names:?}"
+    );
     let credited = balance_becomes(&p, &paid, 70).await?;
     let entries = credited["entries"].as_array().expect("entries");
     assert_eq!(entries.len(), 1, "credited exactly once: {credited}");
@@ -107,7 +114,10 @@ async fn a_version_1_saga_runs_through_the_upgrade_and_is_credited_exactly_once(
     // A saga started after the upgrade runs version 2, whose wallet.credit step pays.
     let (_, _, again) = p.create_mission_for(&paid, 5).await?;
     let saga = p
-        .wait_terminal(&p.start_saga(again["id"].as_str().expect("id")).await?, WAIT)
+        .wait_terminal(
+            &p.start_saga(again["id"].as_str().expect("id")).await?,
+            WAIT,
+        )
         .await?;
     assert_eq!(
         (saga["state"].clone(), saga["definition_version"].clone()),
@@ -125,7 +135,8 @@ async fn a_version_1_saga_runs_through_the_upgrade_and_is_credited_exactly_once(
 async fn previous_release(database_url: String) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("reward-v1-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir)?;
-    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../workers/migrations/reward");
+    let source =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../workers/migrations/reward");
     for name in [
         "0001_inbox_outbox.sql",
         "0002_rewards.sql",
@@ -157,7 +168,10 @@ async fn the_upgrade_moves_every_balance_and_entry_into_the_wallet() -> anyhow::
     let p = TestPlatform::start_prepared(default_settings(), previous_release).await?;
 
     let first = wallet(&p, "old-1").await?;
-    assert_eq!((first["balance"].clone(), first["frozen"].clone()), (json!(150), json!(false)));
+    assert_eq!(
+        (first["balance"].clone(), first["frozen"].clone()),
+        (json!(150), json!(false))
+    );
     let points: Vec<_> = first["entries"]
         .as_array()
         .expect("entries")
@@ -165,9 +179,15 @@ async fn the_upgrade_moves_every_balance_and_entry_into_the_wallet() -> anyhow::
         .map(|e| e["points"].clone())
         .collect();
     assert_eq!(points.len(), 2, "{first}");
-    assert!(points.contains(&json!(100)) && points.contains(&json!(50)), "{first}");
+    assert!(
+        points.contains(&json!(100)) && points.contains(&json!(50)),
+        "{first}"
+    );
     let second = wallet(&p, "old-2").await?;
-    assert_eq!((second["balance"].clone(), second["frozen"].clone()), (json!(0), json!(true)));
+    assert_eq!(
+        (second["balance"].clone(), second["frozen"].clone()),
+        (json!(0), json!(true))
+    );
     assert_eq!(second["entries"].as_array().map(Vec::len), Some(2));
 
     let mut db = PgConnection::connect(&p.database_url).await?;
@@ -180,7 +200,10 @@ async fn the_upgrade_moves_every_balance_and_entry_into_the_wallet() -> anyhow::
     // A moved wallet keeps working: a mission saga credits it.
     let (_, _, mission) = p.create_mission_for("old-1", 25).await?;
     let saga = p
-        .wait_terminal(&p.start_saga(mission["id"].as_str().expect("id")).await?, WAIT)
+        .wait_terminal(
+            &p.start_saga(mission["id"].as_str().expect("id")).await?,
+            WAIT,
+        )
         .await?;
     assert_eq!(saga["state"], "completed", "{saga}");
     balance_becomes(&p, "old-1", 175).await?;
@@ -194,13 +217,14 @@ async fn the_ledger_is_paged_newest_first_and_bad_pages_are_refused() -> anyhow:
     for points in [1, 2, 3] {
         let (_, _, mission) = p.create_mission_for(&customer, points).await?;
         let saga = p
-            .wait_terminal(&p.start_saga(mission["id"].as_str().expect("id")).await?, WAIT)
+            .wait_terminal(
+                &p.start_saga(mission["id"].as_str().expect("id")).await?,
+                WAIT,
+            )
             .await?;
         assert_eq!(saga["state"], "completed");
     }
-    let first = p
-        .get(&format!("/v1/wallets/{customer}?limit=2"))
-        .await?;
+    let first = p.get(&format!("/v1/wallets/{customer}?limit=2")).await?;
     assert_eq!(first["balance"], 6);
     let points: Vec<_> = first["entries"]
         .as_array()
@@ -220,7 +244,11 @@ async fn the_ledger_is_paged_newest_first_and_bad_pages_are_refused() -> anyhow:
 
     for query in ["limit=0", "limit=501", "cursor=nope"] {
         let (status, _, problem) = p
-            .call(Method::GET, &format!("/v1/wallets/{customer}?{query}"), None)
+            .call(
+                Method::GET,
+                &format!("/v1/wallets/{customer}?{query}"),
+                None,
+            )
             .await?;
         assert_eq!(
             (status, problem["code"].clone()),

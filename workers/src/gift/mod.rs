@@ -54,9 +54,13 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/gift
 pub const MAX_CALL_BUDGET: Duration = Duration::from_secs(CALL_BUDGET.as_secs() - 5);
 
 /// The gift worker's settings (`SAGA_*`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GiftSettings {
+    /// The API token (scope `notify`) with which the gift worker calls the telegram service
+    /// (`SAGA_GIFT_SERVICE_TOKEN`). A secret: never serialized, never shown by `Debug`.
+    #[serde(skip_serializing)]
+    pub gift_service_token: Option<secrecy::SecretString>,
     /// Where the orchestrator's `POST /v1/sagas` answers (`SAGA_ORCHESTRATOR_URL`).
     pub orchestrator_url: String,
     /// Where the telegram service's `POST /v1/telegram/messages` answers (`SAGA_TELEGRAM_URL`).
@@ -84,6 +88,7 @@ pub struct GiftSettings {
 impl Default for GiftSettings {
     fn default() -> Self {
         Self {
+            gift_service_token: None,
             orchestrator_url: "http://127.0.0.1:8090".into(),
             telegram_url: "http://127.0.0.1:8093".into(),
             gift_call_timeout_ms: 2000,
@@ -347,47 +352,4 @@ impl Handler for GiftWorker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn settings_default_and_read_partially() {
-        let settings: GiftSettings = serde_json::from_value(serde_json::json!({
-            "telegram_url": "http://gateway:8080", "gift_breaker_open_ms": 500
-        }))
-        .expect("settings parse");
-        assert_eq!(settings.orchestrator_url, "http://127.0.0.1:8090");
-        assert_eq!(settings.telegram_url, "http://gateway:8080");
-        assert_eq!(settings.gift_breaker_open_ms, 500);
-        assert_eq!(settings.gift_call_retries, 2);
-        let gateway = settings.at_gateway("http://127.0.0.1:8080");
-        assert_eq!(
-            (
-                gateway.orchestrator_url.as_str(),
-                gateway.telegram_url.as_str()
-            ),
-            ("http://127.0.0.1:8080", "http://127.0.0.1:8080")
-        );
-    }
-
-    #[test]
-    fn the_guarded_call_stays_well_inside_the_call_budget() {
-        let defaults = GiftSettings::default();
-        assert!(defaults.call_budget() + Duration::from_secs(5) <= CALL_BUDGET);
-        let greedy = GiftSettings {
-            gift_call_budget_ms: 600_000,
-            ..GiftSettings::default()
-        };
-        assert_eq!(greedy.call_budget(), MAX_CALL_BUDGET);
-        assert!(MAX_CALL_BUDGET < CALL_BUDGET);
-    }
-
-    #[test]
-    fn one_key_per_exchange() {
-        let saga = SagaId::new();
-        assert_eq!(notification_key(saga), format!("gift:{saga}"));
-        assert!(crate::telegram::api::IdempotencyKey::is_valid(
-            &notification_key(saga)
-        ));
-    }
-}
+mod tests;

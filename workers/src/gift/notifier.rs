@@ -139,6 +139,7 @@ pub fn classify(
 pub struct Notifier {
     http: reqwest::Client,
     url: String,
+    token: Option<secrecy::SecretString>,
     call_timeout: Duration,
     budget: Duration,
     backoff: ExponentialBuilder,
@@ -171,6 +172,7 @@ impl Notifier {
         Ok(Self {
             http,
             url: format!("{base}/v1/telegram/messages"),
+            token: settings.gift_service_token.clone(),
             call_timeout: Duration::from_millis(settings.gift_call_timeout_ms.max(1)),
             budget: settings.call_budget(),
             backoff,
@@ -270,6 +272,10 @@ impl Notifier {
             .timeout(self.call_timeout.min(left))
             .header("idempotency-key", key)
             .json(body);
+        if let Some(token) = &self.token {
+            use secrecy::ExposeSecret as _;
+            request = request.bearer_auth(token.expose_secret());
+        }
         for name in ["traceparent", "tracestate"] {
             if let Some(value) = trace.get(name) {
                 request = request.header(name, value);
@@ -338,7 +344,8 @@ pub fn register_metrics() {
         metrics::Unit::Seconds,
         "The gift worker's guarded call to the telegram service, by outcome"
     );
-    metrics::gauge!(GIFT_NOTIFY_BREAKER_OPEN).set(0.0);
+    // Registered (at 0), not set: a breaker of this process may be open already.
+    let _ = metrics::gauge!(GIFT_NOTIFY_BREAKER_OPEN);
     for to in ["open", "half_open", "closed"] {
         metrics::counter!(GIFT_NOTIFY_BREAKER_TRANSITIONS, "to" => to).increment(0);
     }

@@ -15,7 +15,9 @@ use contracts::command::{
 };
 use contracts::event::{MessageUpdatedV1, MissionUpdatedV1};
 use contracts::reply::{MissionCompletedV1, output_of};
-use contracts::{Command, DomainEvent, Envelope, MissionId, Reply, RewardId, SagaId, StepFailure, Worker};
+use contracts::{
+    Command, DomainEvent, Envelope, MissionId, Reply, RewardId, SagaId, StepFailure, Worker,
+};
 use serde_json::Map;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -206,8 +208,7 @@ impl MissionWorker {
         if !mission.completed_by(saga) || mission.reward_id != Some(c.reward_id.0) {
             return Ok(ok(Vec::new()));
         }
-        let mission =
-            store::set_status(conn, mission.id, "COMPLETED", Some(saga.0), None).await?;
+        let mission = store::set_status(conn, mission.id, "COMPLETED", Some(saga.0), None).await?;
         Ok(ok(updated(&mission).into_iter().collect()))
     }
 

@@ -65,9 +65,17 @@ pub async fn load(
     lock: bool,
 ) -> Result<Option<Mission>, sqlx::Error> {
     let sql = if lock {
-        concat!("SELECT ", mission_columns!(), " FROM missions WHERE id = $1 FOR UPDATE")
+        concat!(
+            "SELECT ",
+            mission_columns!(),
+            " FROM missions WHERE id = $1 FOR UPDATE"
+        )
     } else {
-        concat!("SELECT ", mission_columns!(), " FROM missions WHERE id = $1")
+        concat!(
+            "SELECT ",
+            mission_columns!(),
+            " FROM missions WHERE id = $1"
+        )
     };
     sqlx::query_as(sql).bind(id.0).fetch_optional(conn).await
 }

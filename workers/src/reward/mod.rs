@@ -16,7 +16,9 @@ use std::sync::Arc;
 use contracts::command::{GrantRewardV1, RevokeRewardV1};
 use contracts::event::{RewardGrantedV1 as Granted, RewardRevokedV1 as Revoked};
 use contracts::reply::{RewardGrantedV1, output_of};
-use contracts::{Command, DomainEvent, Envelope, MissionId, Reply, RewardId, SagaId, StepFailure, Worker};
+use contracts::{
+    Command, DomainEvent, Envelope, MissionId, Reply, RewardId, SagaId, StepFailure, Worker,
+};
 use serde_json::Map;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -60,12 +62,10 @@ impl RewardWorker {
         c: &GrantRewardV1,
         moves_wallet: bool,
     ) -> Result<Handled, HandlerError> {
-        let granted = |id: Uuid| {
-            Reply::Succeeded {
-                output: output_of(&RewardGrantedV1 {
-                    reward_id: RewardId(id),
-                }),
-            }
+        let granted = |id: Uuid| Reply::Succeeded {
+            output: output_of(&RewardGrantedV1 {
+                reward_id: RewardId(id),
+            }),
         };
         if let Some(id) = store::granted_by(conn, saga).await? {
             return Ok(Handled::reply(granted(id)));

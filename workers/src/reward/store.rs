@@ -32,7 +32,10 @@ pub struct Reward {
 }
 
 /// The reward this saga granted, if any.
-pub async fn granted_by(conn: &mut PgConnection, saga: SagaId) -> Result<Option<Uuid>, sqlx::Error> {
+pub async fn granted_by(
+    conn: &mut PgConnection,
+    saga: SagaId,
+) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar("SELECT id FROM rewards WHERE saga_id = $1")
         .bind(saga.0)
         .fetch_optional(conn)

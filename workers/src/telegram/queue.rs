@@ -8,7 +8,8 @@
 //! |---------------------------------------------------|------------------------------------------|
 //! | sent now, or sent / failed earlier under the key  | ack                                      |
 //! | refused for good (no chat, blocked, ...)          | ack (the notification is `failed`)       |
-//! | Telegram failing, its breaker open, a live lease  | nak, redelivered after Telegram's wait   |
+//! | Telegram failing, its breaker open                | nak, redelivered after Telegram's wait   |
+//! | another attempt holds a live sending lease        | nak, redelivered soon                    |
 //! | the key names another message, undecodable       | dead letter                              |
 //!
 //! A message handed back too often goes to the dead-letter stream through the runtime's consume
@@ -104,10 +105,12 @@ fn settlement(outcome: &Outcome) -> (Settlement, &'static str) {
         Outcome::Sent { now: false, .. } => (Settlement::Verdict(Verdict::Ack), "already_sent"),
         Outcome::Failed { now: true, .. } => (Settlement::Verdict(Verdict::Ack), "failed"),
         Outcome::Failed { now: false, .. } => (Settlement::Verdict(Verdict::Ack), "already_failed"),
+        // The attempt holding the lease usually finishes long before the lease ends: look
+        // again soon (the runtime's growing delay), never later than the lease.
         Outcome::Sending { retry_after, .. } => (
             Settlement::Later {
                 reason: "another attempt is calling Telegram for this message".into(),
-                after: *retry_after,
+                after: (*retry_after).min(Duration::from_secs(1)),
             },
             "retry",
         ),
@@ -321,10 +324,11 @@ mod tests {
         );
         let (later, _) = settlement(&Outcome::Sending {
             id,
-            retry_after: Duration::from_millis(2500),
+            retry_after: Duration::from_millis(9500),
         });
         assert!(
-            matches!(later, Settlement::Later { after, .. } if after == Duration::from_millis(2500))
+            matches!(later, Settlement::Later { after, .. } if after == Duration::from_secs(1)),
+            "a live lease is looked at again soon"
         );
         let (dead, result) = settlement(&Outcome::KeyReused { id });
         assert_eq!(result, "dead_letter");

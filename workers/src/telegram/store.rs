@@ -286,19 +286,6 @@ pub async fn notification(
     .await
 }
 
-/// One notification, read inside the caller's transaction.
-pub async fn notification_in(
-    conn: &mut PgConnection,
-    id: Uuid,
-) -> Result<Notification, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SELECT_NOTIFICATION} WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_one(conn)
-    .await
-}
-
 /// Notifications newest first (at most [`LIST_LIMIT`]), by saga, customer or idempotency key
 /// (any combination).
 pub async fn notifications(
