@@ -5,8 +5,10 @@
 #   ./dev.sh test      make sure PostgreSQL and NATS run, then run the whole test suite
 #   ./dev.sh down      stop the platform started by `up`
 #   ./dev.sh bench [N] [C]   run the benchmark against the running platform
+#   ./dev.sh demo breaker [...]  the seed's circuit-breaking demonstration (siege, against `up`)
 #   ./dev.sh screenshot [PATH]  headless Chromium screenshot of the running platform's saga page
-#   ./dev.sh services  only install and start PostgreSQL and NATS (what CI needs)
+#   ./dev.sh tokens    print the local API tokens (made by `up`, in .run/api-tokens.json)
+#   ./dev.sh services  only install and start PostgreSQL, NATS and MariaDB (what CI needs)
 set -euo pipefail
 cd "$(dirname "$0")"
 RUN_DIR="$PWD/.run"
@@ -105,14 +107,40 @@ services() {
   ensure_mariadb
 }
 
+TOKENS="$RUN_DIR/api-tokens.json"
+TOKEN_HASHES="$RUN_DIR/api-token-hashes.json"
+
+# The local API tokens, one per scope, made once: the tokens themselves for you in
+# .run/api-tokens.json, only their SHA-256 for the platform in .run/api-token-hashes.json.
+ensure_tokens() {
+  if [ -s "$TOKENS" ] && [ -s "$TOKEN_HASHES" ] && grep -q '"notify"' "$TOKENS"; then return; fi
+  say "making local API tokens (.run/api-tokens.json)"
+  local name scope token entries="" values=""
+  umask 077
+  for pair in game:game reader:read operator:operate admin:admin notify:notify; do
+    name="${pair%%:*}"; scope="${pair#*:}"
+    token="$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+    values="$values${values:+,}
+  \"$name\": \"$token\""
+    entries="$entries${entries:+,}
+  {\"name\": \"local-$name\", \"sha256\": \"$(printf %s "$token" | sha256sum | cut -d' ' -f1)\", \"scopes\": [\"$scope\"]}"
+  done
+  printf '{%s\n}\n' "$values" >"$TOKENS"
+  printf '{"tokens": [%s\n]}\n' "$entries" >"$TOKEN_HASHES"
+}
+
+token_of() { sed -n "s/^ *\"$1\": \"\([^\"]*\)\".*/\1/p" "$TOKENS"; }
+
 up() {
   ensure_toolchain
   services
+  ensure_tokens
   say "building the platform (release)"
-  cargo build --release --quiet -p saga-platform --bin saga-platform --bin saga-bench
+  cargo build --release --quiet -p saga-platform --bin saga-platform --bin saga-bench --bin saga-demo
   down quiet
   say "starting the platform"
-  SAGA_DATABASE_URL="$SAGA_DATABASE_URL" nohup target/release/saga-platform \
+  SAGA_DATABASE_URL="$SAGA_DATABASE_URL" SAGA_API_TOKENS_FILE="$TOKEN_HASHES" \
+    SAGA_GIFT_SERVICE_TOKEN="$(token_of notify)" nohup target/release/saga-platform \
     >"$RUN_DIR/platform.log" 2>&1 &
   echo $! >"$RUN_DIR/platform.pid"
   local base="http://${SAGA_GATEWAY_ADDR:-127.0.0.1:8080}"
@@ -121,7 +149,11 @@ up() {
       cat <<MSG
 
 The reward saga platform is up.
-  API (every service):   $base          e.g. curl $base/v1/sagas
+  API (every service):   $base
+  API tokens:            $TOKENS  (one per scope: game, reader, operator, admin, notify)
+                         e.g. ADMIN=\$(./dev.sh tokens admin)
+                              curl -H "Authorization: Bearer \$ADMIN" $base/v1/sagas
+  Saga page:             $base/ui   (log in with the reader, operator or admin token)
   OpenAPI document:      $base/openapi.json
   Telegram stand-in:     http://${SAGA_STAND_IN_ADDR:-127.0.0.1:8081}   (no SAGA_TELEGRAM_BOT_TOKEN set)
   Log:                   $RUN_DIR/platform.log
@@ -148,7 +180,10 @@ down() {
 }
 
 ensure_chromium() {
-  if [ ! -x /usr/bin/chromium ]; then say "installing Chromium (for the saga page's browser test)"; apt_install chromium; fi
+  if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    say "installing Chromium and chromedriver (for the saga page's browser test)"
+    apt_install chromium chromium-driver
+  fi
 }
 
 run_tests() {
@@ -161,21 +196,32 @@ run_tests() {
 }
 
 screenshot() {
+  ensure_toolchain
   ensure_chromium
-  local base="http://${SAGA_GATEWAY_ADDR:-127.0.0.1:8080}" out="$RUN_DIR/saga-page.png" profile
-  profile=$(mktemp -d)
-  /usr/bin/chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage \
-    --disable-background-networking --disable-component-update --disable-sync --no-first-run \
-    --user-data-dir="$profile" --window-size=1280,900 --screenshot="$out" "$base${1:-/ui}" 2>/dev/null
-  rm -rf "$profile"
-  echo "screenshot of $base${1:-/ui} written to $out"
+  cargo build --release --quiet -p saga-tests --bin saga-screenshot
+  target/release/saga-screenshot --base-url "http://${SAGA_GATEWAY_ADDR:-127.0.0.1:8080}" \
+    --token "$(token_of reader)" --path "${1:-/ui}" --out "$RUN_DIR/saga-page.png"
 }
 
 bench() {
   ensure_toolchain
   cargo build --release --quiet -p saga-platform --bin saga-bench
   target/release/saga-bench --base-url "http://${SAGA_GATEWAY_ADDR:-127.0.0.1:8080}" \
-    --sagas "${1:-2000}" --concurrency "${2:-50}"
+    --token "$(token_of admin)" --sagas "${1:-2000}" --concurrency "${2:-50}"
+}
+
+demo() {
+  ensure_toolchain
+  local which="${1:-breaker}"
+  shift || true
+  case "$which" in
+    breaker)
+      command -v siege >/dev/null || apt_install siege
+      cargo build --release --quiet -p saga-platform --bin saga-demo
+      target/release/saga-demo breaker --base-url "http://${SAGA_GATEWAY_ADDR:-127.0.0.1:8080}" \
+        --token "$(token_of admin)" "$@" ;;
+    *) echo "unknown demo $which (breaker)" >&2; exit 2 ;;
+  esac
 }
 
 case "${1:-}" in
@@ -185,5 +231,7 @@ case "${1:-}" in
   services) services ;;
   bench) shift; bench "$@" ;;
   screenshot) shift; screenshot "$@" ;;
-  *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  demo) shift; demo "$@" ;;
+  tokens) shift; if [ -n "${1:-}" ]; then token_of "$1"; else cat "$TOKENS"; fi ;;
+  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -73,6 +73,9 @@ struct BreakerArgs {
     /// How long to wait, after siege, for the platform to deliver what was queued.
     #[arg(long, default_value_t = 180)]
     settle_seconds: u64,
+    /// An API token with the admin scope (it creates the gift, then plays the game backend).
+    #[arg(long, env = "SAGA_API_TOKEN", hide_env_values = true)]
+    token: String,
 }
 
 #[tokio::main]
@@ -312,9 +315,17 @@ async fn breaker(args: &BreakerArgs) -> anyhow::Result<Vec<String>> {
     if siege_version.is_err() {
         bail!("siege is not installed: sudo apt-get install -y siege");
     }
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", args.token)
+            .parse()
+            .context("the token is not a valid header value")?,
+    );
     let p = Platform {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .default_headers(headers)
             .build()?,
         base: args.base_url.trim_end_matches('/').to_owned(),
         stand_in: args.stand_in_url.trim_end_matches('/').to_owned(),
@@ -412,6 +423,7 @@ async fn breaker(args: &BreakerArgs) -> anyhow::Result<Vec<String>> {
         .arg("-q")
         .arg("--content-type")
         .arg("application/json")
+        .arg(format!("--header=Authorization: Bearer {}", args.token))
         .arg(format!("{url} POST {body}"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
