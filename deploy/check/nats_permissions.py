@@ -206,7 +206,7 @@ async def run(url: str) -> int:
         user = users[worker]
         await c.consumer(user, "SAGA_CMD", f"worker-{worker}", f"cmd.{worker}.>")
         await c.pull_and_ack(user, "SAGA_CMD", f"worker-{worker}", f"cmd.{worker}.check")
-        await c.allowed_publish(user, "reply.mission_reward")
+        await c.allowed_publish(user, f"reply.mission_reward.{worker}")
         await c.allowed_publish(user, f"evt.{worker}.Checked")
         await c.allowed_publish(user, f"dlq.cmd.{worker}.check")
 
@@ -221,7 +221,7 @@ async def run(url: str) -> int:
         await sub.unsubscribe()
 
     # The orchestrator pulls the replies.
-    await c.pull_and_ack(orchestrator, "SAGA_REPLY", "orchestrator", "reply.mission_reward")
+    await c.pull_and_ack(orchestrator, "SAGA_REPLY", "orchestrator", "reply.mission_reward.mission")
 
     # gift queues Telegram messages; telegram consumes them (workers/src/telegram/queue.rs).
     await c.allowed_publish(users["gift"], "notify.telegram")
@@ -238,7 +238,7 @@ async def run(url: str) -> int:
     await c.allowed_publish(users["mypage"], "dlq.evt.saga.SagaFinished")
 
     # What nobody may do.
-    await c.denied_publish(orchestrator, "reply.mission_reward")
+    await c.denied_publish(orchestrator, "reply.mission_reward.reward")
     await c.denied_publish(orchestrator, "evt.mission.MissionUpdated")
     await c.denied_publish(orchestrator, "notify.telegram.x")
     await c.denied_publish(orchestrator, f"{API}.STREAM.DELETE.SAGA_CMD")
@@ -251,6 +251,7 @@ async def run(url: str) -> int:
         user = users[worker]
         other = next(w for w in WORKERS if w != worker)
         await c.denied_publish(user, f"cmd.{worker}.complete")
+        await c.denied_publish(user, f"reply.mission_reward.{other}")
         await c.denied_publish(user, f"cmd.{other}.grant")
         await c.denied_publish(user, f"evt.{other}.Forged")
         await c.denied_publish(user, "evt.saga.SagaFinished")
@@ -269,7 +270,7 @@ async def run(url: str) -> int:
     await c.denied_publish(users["gift"], f"{API}.CONSUMER.MSG.NEXT.NOTIFY.telegram-notify")
     await c.denied_publish(users["mission"], f"{API}.CONSUMER.CREATE.DOMAIN_EVT.wallet-rewards-v1.evt.reward.>")
     await c.denied_publish(users["mission"], f"{API}.CONSUMER.CREATE.DOMAIN_EVT.mypage-projection.evt.>")
-    await c.denied_publish(users["mypage"], "reply.mission_reward")
+    await c.denied_publish(users["mypage"], "reply.mission_reward.mission")
     await c.denied_publish(users["mypage"], "evt.mypage.Forged")
     await c.denied_publish(users["mypage"], "cmd.mission.complete")
     await c.denied_subscribe(users["mypage"], "evt.>")

@@ -113,7 +113,7 @@ ensure_nats_server() {
 }
 nats_env() {
   local user
-  for user in ORCHESTRATOR MISSION REWARD TELEGRAM WALLET GIFT MYPAGE; do
+  for user in ORCHESTRATOR MISSION REWARD TELEGRAM WALLET GIFT MYPAGE OBSERVER; do
     export "NATS_${user}_PASSWORD=check-${user,,}-$RANDOM$RANDOM"
   done
   export POD_NAME=nats-0

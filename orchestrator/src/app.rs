@@ -107,7 +107,7 @@ impl Orchestrator {
         )
         .await
         .with_context(|| format!("PostgreSQL at {}", config.infra.database_url_redacted()))?;
-        let nats = runtime::jetstream::connect(&config.infra.nats_url, "orchestrator")
+        let nats = runtime::jetstream::connect(&config.infra, "orchestrator")
             .await
             .with_context(|| format!("NATS at {}", config.infra.nats_url))?;
         let js = jetstream::new(nats.clone());

@@ -10,8 +10,9 @@ use contracts::Worker;
 use orchestrator::app::{Config as OrchestratorConfig, Orchestrator};
 use runtime::auth::Tokens;
 use runtime::edge::{Edge, EdgeSettings};
-use secrecy::ExposeSecret as _;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use workers::gift::{self, GiftSettings, GiftWorker};
@@ -61,6 +62,57 @@ pub struct Settings {
     pub edge: EdgeSettings,
     /// The API tokens (`SAGA_API_TOKENS_FILE` or `SAGA_API_TOKENS`).
     pub tokens: Tokens,
+    /// NATS passwords by service (orchestrator, mission, ...) for a NATS server with one user
+    /// per service: each part of the platform then logs in as its own user. Read from
+    /// `NATS_<SERVICE>_PASSWORD`, the variables the server's configuration
+    /// (`deploy/nats/nats-server.conf`) reads too.
+    pub nats_passwords: BTreeMap<String, SecretString>,
+}
+
+/// The services of the platform that log in to NATS, by user name.
+pub const NATS_USERS: [&str; 7] = [
+    "orchestrator",
+    "mission",
+    "reward",
+    "wallet",
+    "gift",
+    "telegram",
+    "mypage",
+];
+
+/// The NATS passwords found in `NATS_<SERVICE>_PASSWORD` variables.
+pub fn nats_passwords_from_env() -> BTreeMap<String, SecretString> {
+    NATS_USERS
+        .iter()
+        .filter_map(|user| {
+            let password =
+                std::env::var(format!("NATS_{}_PASSWORD", user.to_ascii_uppercase())).ok()?;
+            Some(((*user).to_owned(), SecretString::from(password)))
+        })
+        .collect()
+}
+
+impl Settings {
+    /// `infra` logged in as `user` when a password is known for it.
+    fn as_user(
+        &self,
+        infra: &runtime::config::Infrastructure,
+        user: &str,
+    ) -> runtime::config::Infrastructure {
+        let mut infra = infra.clone();
+        if let Some(password) = self.nats_passwords.get(user) {
+            infra.nats_user = Some(user.to_owned());
+            infra.nats_password = Some(password.clone());
+        }
+        infra
+    }
+
+    fn worker(&self, worker: Worker) -> WorkerSettings {
+        WorkerSettings {
+            infra: self.as_user(&self.workers.infra, worker.as_str()),
+            ..self.workers.clone()
+        }
+    }
 }
 
 impl Settings {
@@ -76,6 +128,7 @@ impl Settings {
             definitions: None,
             edge: runtime::config::load()?,
             tokens: Tokens::from_env()?,
+            nats_passwords: nats_passwords_from_env(),
         })
     }
 }
@@ -121,23 +174,44 @@ impl Platform {
         } else {
             None
         };
-        let orchestrator = match settings.definitions.clone() {
-            Some(registry) => {
-                Orchestrator::build_with(settings.orchestrator.clone(), registry).await?
-            }
-            None => Orchestrator::build(settings.orchestrator.clone()).await?,
+        let orchestrator_config = OrchestratorConfig {
+            infra: settings.as_user(&settings.orchestrator.infra, "orchestrator"),
+            ..settings.orchestrator.clone()
         };
-        let mission_ctx =
-            WorkerContext::connect(&settings.workers, Worker::Mission, &mission::MIGRATOR).await?;
-        let reward_ctx =
-            WorkerContext::connect(&settings.workers, Worker::Reward, &reward::MIGRATOR).await?;
-        let wallet_ctx =
-            WorkerContext::connect(&settings.workers, Worker::Wallet, &wallet::MIGRATOR).await?;
-        let telegram_ctx =
-            WorkerContext::connect(&settings.workers, Worker::Telegram, &telegram::MIGRATOR)
-                .await?;
-        let gift_ctx =
-            WorkerContext::connect(&settings.workers, Worker::Gift, &gift::MIGRATOR).await?;
+        let orchestrator = match settings.definitions.clone() {
+            Some(registry) => Orchestrator::build_with(orchestrator_config, registry).await?,
+            None => Orchestrator::build(orchestrator_config).await?,
+        };
+        let mission_ctx = WorkerContext::connect(
+            &settings.worker(Worker::Mission),
+            Worker::Mission,
+            &mission::MIGRATOR,
+        )
+        .await?;
+        let reward_ctx = WorkerContext::connect(
+            &settings.worker(Worker::Reward),
+            Worker::Reward,
+            &reward::MIGRATOR,
+        )
+        .await?;
+        let wallet_ctx = WorkerContext::connect(
+            &settings.worker(Worker::Wallet),
+            Worker::Wallet,
+            &wallet::MIGRATOR,
+        )
+        .await?;
+        let telegram_ctx = WorkerContext::connect(
+            &settings.worker(Worker::Telegram),
+            Worker::Telegram,
+            &telegram::MIGRATOR,
+        )
+        .await?;
+        let gift_ctx = WorkerContext::connect(
+            &settings.worker(Worker::Gift),
+            Worker::Gift,
+            &gift::MIGRATOR,
+        )
+        .await?;
         // The gift worker calls the orchestrator and the telegram service through the gateway,
         // so the gateway's address is known first.
         let listener = tokio::net::TcpListener::bind(&settings.platform.gateway_addr)

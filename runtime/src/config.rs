@@ -38,6 +38,7 @@ pub fn listen_addr(service: &str, default: &str) -> Result<String, Box<figment::
 
 /// Where the shared infrastructure is.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Infrastructure {
     /// PostgreSQL URL (`SAGA_DATABASE_URL`); it may hold a password, so it is a secret: never
     /// serialized, never shown by `Debug`.
@@ -45,8 +46,17 @@ pub struct Infrastructure {
     pub database_url: SecretString,
     /// Connections in each service's pool (`SAGA_DATABASE_MAX_CONNECTIONS`).
     pub database_max_connections: u32,
-    /// NATS URL (`SAGA_NATS_URL`).
+    /// NATS URL (`SAGA_NATS_URL`): `nats://` or `tls://`, several separated by commas.
     pub nats_url: String,
+    /// The NATS user this service logs in as (`SAGA_NATS_USER`); none for a server without
+    /// authentication.
+    pub nats_user: Option<String>,
+    /// That user's password (`SAGA_NATS_PASSWORD`). A secret: never serialized or shown.
+    #[serde(skip_serializing)]
+    pub nats_password: Option<SecretString>,
+    /// A PEM file of the CA that signed the NATS servers' certificates, for `tls://` URLs
+    /// (`SAGA_NATS_CA_FILE`).
+    pub nats_ca_file: Option<String>,
     /// Prefix of every stream and subject (`SAGA_NATS_PREFIX`), empty in production.
     pub nats_prefix: String,
     /// Replicas of every stream (`SAGA_NATS_REPLICAS`): 1 locally, 3 on a cluster.
@@ -66,6 +76,9 @@ impl Default for Infrastructure {
             database_url: default_database_url(),
             database_max_connections: 16,
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_user: None,
+            nats_password: None,
+            nats_ca_file: None,
             nats_prefix: String::new(),
             nats_replicas: 1,
             migrate_only: false,

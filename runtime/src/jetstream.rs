@@ -17,17 +17,24 @@ use serde::de::DeserializeOwned;
 /// Header carrying JetStream's de-duplication id.
 pub const MSG_ID: &str = "Nats-Msg-Id";
 
-/// Connects to NATS with a client name (shown by the server's monitoring).
+/// Connects to NATS as `infra` says (its URL, user and password, CA for TLS), with a client
+/// name shown by the server's monitoring.
 pub async fn connect(
-    url: &str,
+    infra: &crate::config::Infrastructure,
     name: &str,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
+    use secrecy::ExposeSecret as _;
+    let mut options = async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
+        .connection_timeout(Duration::from_secs(5));
+    if let (Some(user), Some(password)) = (&infra.nats_user, &infra.nats_password) {
+        options = options.user_and_password(user.clone(), password.expose_secret().to_owned());
+    }
+    if let Some(ca) = &infra.nats_ca_file {
+        options = options.add_root_certificates(ca.into()).require_tls(true);
+    }
+    options.connect(infra.nats_url.as_str()).await
 }
 
 /// Errors while setting up streams or consumers.

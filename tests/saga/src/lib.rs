@@ -31,6 +31,8 @@ pub struct TestPlatform {
     pub http: reqwest::Client,
     /// The test's database URL.
     pub database_url: String,
+    /// The test's NATS server.
+    pub nats_url: String,
     /// The test's stream/subject prefix.
     pub prefix: String,
     database: String,
@@ -38,6 +40,16 @@ pub struct TestPlatform {
     pub nats: async_nats::Client,
     /// The API tokens of this platform (`http` sends the admin one).
     pub tokens: TestTokens,
+}
+
+/// The NATS a test platform runs on.
+pub struct NatsTarget {
+    /// Its URL.
+    pub url: String,
+    /// The stream and subject prefix (empty: the production names).
+    pub prefix: String,
+    /// A client for the test's own use.
+    pub client: async_nats::Client,
 }
 
 /// One API token per scope, generated for a test platform.
@@ -96,6 +108,7 @@ pub fn default_settings() -> Settings {
         definitions: None,
         edge: Default::default(),
         tokens: Default::default(),
+        nats_passwords: Default::default(),
     };
     settings.orchestrator.policies.step_timeout = Duration::from_secs(5);
     settings.orchestrator.policies.telegram_timeout = Duration::from_secs(10);
@@ -122,10 +135,37 @@ impl TestPlatform {
         F: FnOnce(String) -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<()>>,
     {
+        let id = Uuid::new_v4().simple().to_string();
+        let nats = NatsTarget {
+            url: nats_url(),
+            prefix: format!("t{}", &id[..12]),
+            client: async_nats::connect(nats_url()).await?,
+        };
+        Self::launch(settings, nats, prepare).await
+    }
+
+    /// Starts a platform on a NATS server of the test's own (`nats`), with `settings`.
+    pub async fn start_on_nats(settings: Settings, nats: NatsTarget) -> anyhow::Result<Self> {
+        Self::launch(settings, nats, |_| async { Ok(()) }).await
+    }
+
+    async fn launch<F, Fut>(
+        settings: Settings,
+        nats: NatsTarget,
+        prepare: F,
+    ) -> anyhow::Result<Self>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let id = Uuid::new_v4().simple().to_string();
         let database = format!("saga_t_{}", &id[..16]);
-        let prefix = format!("t{}", &id[..12]);
+        let NatsTarget {
+            url: nats_url,
+            prefix,
+            client: nats,
+        } = nats;
         let admin = admin_url();
         let mut conn = PgConnection::connect(&admin)
             .await
@@ -140,11 +180,10 @@ impl TestPlatform {
         prepare(database_url.clone()).await?;
         let tokens = TestTokens::generate();
         let platform = Platform::start(
-            Self::wire(settings, &database_url, &prefix, &tokens),
+            Self::wire(settings, &database_url, &nats_url, &prefix, &tokens),
             CancellationToken::new(),
         )
         .await?;
-        let nats = async_nats::connect(nats_url()).await?;
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(
             reqwest::header::AUTHORIZATION,
@@ -158,6 +197,7 @@ impl TestPlatform {
                 .default_headers(headers)
                 .build()?,
             database_url,
+            nats_url,
             prefix,
             database,
             nats,
@@ -168,6 +208,7 @@ impl TestPlatform {
     fn wire(
         mut settings: Settings,
         database_url: &str,
+        nats_url: &str,
         prefix: &str,
         tokens: &TestTokens,
     ) -> Settings {
@@ -178,7 +219,7 @@ impl TestPlatform {
             &mut settings.workers.infra,
         ] {
             infra.database_url = database_url.into();
-            infra.nats_url = nats_url();
+            infra.nats_url = nats_url.to_owned();
             infra.nats_prefix = prefix.to_owned();
         }
         settings
@@ -191,7 +232,13 @@ impl TestPlatform {
             platform.stop().await?;
         }
         let platform = Platform::start(
-            Self::wire(settings, &self.database_url, &self.prefix, &self.tokens),
+            Self::wire(
+                settings,
+                &self.database_url,
+                &self.nats_url,
+                &self.prefix,
+                &self.tokens,
+            ),
             CancellationToken::new(),
         )
         .await?;
@@ -374,10 +421,13 @@ impl TestPlatform {
         if let Some(platform) = self.platform.take() {
             platform.stop().await?;
         }
-        let js = async_nats::jetstream::new(self.nats.clone());
-        let topology = contracts::Topology::new(&self.prefix);
-        for stream in contracts::topology::Stream::ALL {
-            let _ = js.delete_stream(topology.stream(stream)).await;
+        // A test on a server of its own (no prefix) throws the server away instead.
+        if !self.prefix.is_empty() {
+            let js = async_nats::jetstream::new(self.nats.clone());
+            let topology = contracts::Topology::new(&self.prefix);
+            for stream in contracts::topology::Stream::ALL {
+                let _ = js.delete_stream(topology.stream(stream)).await;
+            }
         }
         let mut conn = PgConnection::connect(&admin_url()).await?;
         conn.execute(sqlx::AssertSqlSafe(format!(

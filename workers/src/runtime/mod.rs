@@ -178,10 +178,9 @@ impl WorkerContext {
         )
         .await
         .with_context(|| format!("PostgreSQL at {}", settings.infra.database_url_redacted()))?;
-        let nats =
-            runtime::jetstream::connect(&settings.infra.nats_url, &format!("worker-{schema}"))
-                .await
-                .with_context(|| format!("NATS at {}", settings.infra.nats_url))?;
+        let nats = runtime::jetstream::connect(&settings.infra, &format!("worker-{schema}"))
+            .await
+            .with_context(|| format!("NATS at {}", settings.infra.nats_url))?;
         let js = jetstream::new(nats.clone());
         let topology = Topology::new(&settings.infra.nats_prefix);
         runtime::jetstream::ensure_streams(&js, &topology, settings.infra.nats_replicas).await?;
