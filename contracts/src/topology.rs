@@ -170,6 +170,21 @@ impl Topology {
         self.subject(&format!("dlq.{unprefixed}"))
     }
 
+    /// The stream a subject of this topology belongs to, if any.
+    pub fn stream_of(&self, subject: &str) -> Option<Stream> {
+        let rest = if self.prefix.is_empty() {
+            subject
+        } else {
+            subject
+                .strip_prefix(self.prefix.as_str())?
+                .strip_prefix('.')?
+        };
+        let root = rest.split('.').next()?;
+        Stream::ALL
+            .into_iter()
+            .find(|s| s.subject_root() == root && rest.len() > root.len() + 1)
+    }
+
     /// The subject of messages queued for one channel (`notify.telegram`).
     pub fn notify_subject(&self, channel: &str) -> String {
         self.subject(&format!("notify.{channel}"))
@@ -203,6 +218,10 @@ mod tests {
         assert_eq!(t.parse_reply_subject("reply.mission_reward"), None);
         assert_eq!(t.parse_reply_subject("reply.mission_reward.nobody"), None);
         assert_eq!(t.parse_reply_subject("reply.a.reward.extra"), None);
+        assert_eq!(t.stream_of("cmd.reward.grant"), Some(Stream::Commands));
+        assert_eq!(t.stream_of("dlq.cmd.x"), Some(Stream::DeadLetters));
+        assert_eq!(t.stream_of("cmd"), None);
+        assert_eq!(t.stream_of("$JS.API.STREAM.DELETE.X"), None);
         assert_eq!(
             t.event_subject("mission", "MissionUpdated"),
             "evt.mission.MissionUpdated"

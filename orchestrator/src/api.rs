@@ -588,6 +588,12 @@ async fn list_sagas(
             Some(decode_cursor(c).ok_or_else(|| bad("cursor is not one this API issued".into()))?)
         }
     };
+    for (name, at) in [
+        ("created_after", query.created_after),
+        ("created_before", query.created_before),
+    ] {
+        storable(name, at).map_err(bad)?;
+    }
     let filter = ListFilter {
         state: saga_state,
         saga_type: query.saga_type.filter(|t| !t.is_empty()),
@@ -765,9 +771,29 @@ async fn retry_saga(
     operate(&state, &id, Input::Retry).await
 }
 
+/// Whether a time can be a saga's creation time (years 1970 to 9999): anything else is a
+/// mistake, and the database could not compare it either.
+fn storable(name: &str, at: Option<DateTime<Utc>>) -> Result<(), String> {
+    use chrono::Datelike as _;
+    match at {
+        Some(at) if !(1970..=9999).contains(&at.year()) => {
+            Err(format!("{name} must be between 1970 and 9999; got {at}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// How many sagas one bulk call acts on by default, and at most.
+const BULK_DEFAULT: usize = 1_000;
+const BULK_MAX: usize = 5_000;
+
 /// Which sagas a bulk command applies to.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
 pub struct SagaFilter {
+    /// At most this many sagas in this call, newest first (1 to 5000, default 1000); `more`
+    /// in the answer says whether others match: call again.
+    #[schema(minimum = 1, maximum = 5000)]
+    pub limit: Option<usize>,
     /// Only sagas in this state (default: `running` for cancel, `failed` for retry).
     pub state: Option<String>,
     /// Only sagas of this type.
@@ -785,7 +811,7 @@ pub struct SagaFilter {
 }
 
 /// The fields of [`SagaFilter`], which are not search keys.
-const FILTER_FIELDS: [&str; 4] = ["state", "type", "created_after", "created_before"];
+const FILTER_FIELDS: [&str; 5] = ["limit", "state", "type", "created_after", "created_before"];
 
 /// What a bulk command did.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -796,6 +822,8 @@ pub struct BulkOutcome {
     pub affected: usize,
     /// Sagas that refused it, by code (`saga_past_pivot`, ...).
     pub refused: BTreeMap<String, usize>,
+    /// Whether more sagas match than this call acted on (its `limit`): call again.
+    pub more: bool,
 }
 
 async fn operate_many(
@@ -806,6 +834,19 @@ async fn operate_many(
 ) -> Result<axum::Json<BulkOutcome>, ApiError> {
     let keys = filter_keys(state.engine.registry(), filter.keys)?;
     let saga_state = parse_state(filter.state.as_deref())?.unwrap_or(default_state);
+    let bound = filter.limit.unwrap_or(BULK_DEFAULT);
+    if !(1..=BULK_MAX).contains(&bound) {
+        return Err(ApiError::unprocessable(
+            "invalid_body",
+            format!("limit must be 1 to {BULK_MAX}; got {bound}"),
+        ));
+    }
+    for (name, at) in [
+        ("created_after", filter.created_after),
+        ("created_before", filter.created_before),
+    ] {
+        storable(name, at).map_err(|e| ApiError::unprocessable("invalid_body", e))?;
+    }
     let mut list = ListFilter {
         state: Some(saga_state),
         saga_type: filter.saga_type,
@@ -817,6 +858,19 @@ async fn operate_many(
     };
     let mut outcome = BulkOutcome::default();
     loop {
+        let left = bound - outcome.matched;
+        if left == 0 {
+            list.limit = 1;
+            outcome.more = !state
+                .engine
+                .store()
+                .list(&list)
+                .await
+                .map_err(|e| ApiError::internal(&e))?
+                .is_empty();
+            break;
+        }
+        list.limit = i64::try_from(left.min(500)).unwrap_or(500);
         let page = state
             .engine
             .store()

@@ -44,6 +44,9 @@ pub struct Config {
     pub timer_interval_ms: u64,
     /// Where the trace viewer shows a trace, `{trace_id}` replaced (`SAGA_TRACE_URL_TEMPLATE`).
     pub trace_url_template: String,
+    /// How often messages on subjects no consumer serves are looked for and parked, in
+    /// seconds (`SAGA_STRAY_SWEEP_SECS`).
+    pub stray_sweep_secs: u64,
 }
 
 impl Default for Config {
@@ -57,6 +60,7 @@ impl Default for Config {
             reply_consumers: 2,
             timer_interval_ms: 100,
             trace_url_template: "http://127.0.0.1:16686/trace/{trace_id}".into(),
+            stray_sweep_secs: 30,
         }
     }
 }
@@ -227,6 +231,12 @@ impl Orchestrator {
                 .run_relay(stop, Duration::from_millis(500), Duration::from_secs(2))
                 .await;
         });
+        tasks.spawn(crate::strays::run(
+            self.js.clone(),
+            self.topology.clone(),
+            Duration::from_secs(self.config.stray_sweep_secs.max(1)),
+            shutdown.clone(),
+        ));
         let store = self.engine.store().clone();
         let stop = shutdown.clone();
         tasks.spawn(async move {

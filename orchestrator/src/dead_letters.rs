@@ -163,6 +163,8 @@ pub async fn list_dead_letters(
     responses(
         (status = 202, description = "Replayed", body = Replayed),
         (status = 404, description = "No such dead letter", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The dead letter was truncated", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Its original subject is not one of the platform's streams", body = Problem, content_type = "application/problem+json"),
     ),
     tag = "dead-letters"
 )]
@@ -182,6 +184,24 @@ pub async fn replay_dead_letter(
         return Err(ApiError::unprocessable(
             "dead_letter_without_subject",
             "the dead letter does not name its original subject",
+        ));
+    }
+    let replayable = matches!(
+        state.topology.stream_of(&subject),
+        Some(Stream::Commands | Stream::Replies | Stream::Events | Stream::Notifications)
+    );
+    if !replayable {
+        return Err(ApiError::unprocessable(
+            "dead_letter_not_replayable",
+            format!(
+                "{subject} is not a subject of the platform's streams; it is not published again"
+            ),
+        ));
+    }
+    if !header(&message, runtime::dead_letter::ORIGINAL_SIZE).is_empty() {
+        return Err(ApiError::conflict(
+            "dead_letter_truncated",
+            "only part of this message was kept (it was too large to park whole); it cannot be replayed",
         ));
     }
     let mut headers = async_nats::HeaderMap::new();

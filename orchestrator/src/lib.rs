@@ -9,4 +9,5 @@ pub mod engine;
 pub mod machine;
 pub mod observe;
 pub mod store;
+pub mod strays;
 pub mod ui;

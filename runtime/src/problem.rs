@@ -124,8 +124,9 @@ impl IntoResponse for ApiError {
 }
 
 /// A JSON body whose rejection is a problem: `malformed_json` (400) for bad syntax,
-/// `invalid_body` (422) for missing or wrongly typed fields, `unsupported_media_type` (415)
-/// without a JSON content type.
+/// `invalid_body` (422) for a body that is not one JSON object, a text holding a NUL character
+/// (no store accepts one), or missing or wrongly typed fields, `unsupported_media_type` (415)
+/// without a JSON content type, `payload_too_large` (413) past the body limit.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ApiJson<T>(pub T);
 
@@ -137,10 +138,35 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(&rejection)),
+        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(value)) => value,
+            Err(rejection) => return Err(json_rejection(&rejection)),
+        };
+        if !value.is_object() {
+            return Err(ApiError::unprocessable(
+                "invalid_body",
+                "the body must be one JSON object",
+            ));
         }
+        if holds_nul(&value) {
+            return Err(ApiError::unprocessable(
+                "invalid_body",
+                "the body holds a NUL character (\\u0000), which no field accepts",
+            ));
+        }
+        serde_json::from_value(value)
+            .map(Self)
+            .map_err(|e| ApiError::unprocessable("invalid_body", e.to_string()))
+    }
+}
+
+/// Whether a text anywhere in `value` (a key or a string) holds a NUL character.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 
@@ -157,6 +183,13 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
             "unsupported_media_type",
             "send the body as Content-Type: application/json",
         ),
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is too large",
+            )
+        }
         other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", other.body_text()),
     }
 }
@@ -173,6 +206,13 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.uri.query().is_some_and(|q| q.contains("%00")) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "the query holds a NUL character",
+            ));
+        }
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(Self(value)),
             Err(rejection) => Err(query_rejection(&rejection)),

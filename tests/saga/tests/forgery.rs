@@ -106,7 +106,7 @@ async fn forged_replies_are_parked_and_the_saga_completes_honestly() -> anyhow::
         p.get(&format!("/v1/wallets/{customer}")).await?["balance"],
         40
     );
-    assert_eq!(p.get(&format!("/v1/wallets/attacker")).await?["balance"], 0);
+    assert_eq!(p.get("/v1/wallets/attacker").await?["balance"], 0);
     p.stop().await
 }
 
