@@ -107,6 +107,33 @@ services() {
   ensure_mariadb
 }
 
+# The platform's own nats-server: the repository's configuration (deploy/nats/nats-server.conf,
+# one user per service with least privilege), its passwords made once in
+# .run/nats-passwords.env (never printed), on its own port.
+PLATFORM_NATS_PORT="${SAGA_PLATFORM_NATS_PORT:-4223}"
+NATS_PASSWORDS="$RUN_DIR/nats-passwords.env"
+
+ensure_platform_nats() {
+  if [ ! -s "$NATS_PASSWORDS" ]; then
+    say "making the platform's NATS passwords (.run/nats-passwords.env)"
+    ( umask 077
+      for user in ORCHESTRATOR MISSION REWARD WALLET GIFT TELEGRAM MYPAGE OBSERVER; do
+        echo "NATS_${user}_PASSWORD=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+      done >"$NATS_PASSWORDS" )
+  fi
+  set -a; . "$NATS_PASSWORDS"; set +a
+  if ! tcp_open "$PLATFORM_NATS_PORT"; then
+    say "starting the platform's nats-server on 127.0.0.1:$PLATFORM_NATS_PORT (one user per service)"
+    mkdir -p "$RUN_DIR/nats-platform"
+    nohup nats-server -c deploy/nats/nats-server.conf -a 127.0.0.1 -p "$PLATFORM_NATS_PORT" \
+      -sd "$RUN_DIR/nats-platform" -l "$RUN_DIR/nats-platform.log" >/dev/null 2>&1 &
+    echo $! >"$RUN_DIR/nats-platform.pid"
+    for _ in $(seq 1 50); do tcp_open "$PLATFORM_NATS_PORT" && break; sleep 0.2; done
+  fi
+  tcp_open "$PLATFORM_NATS_PORT" || { echo "the platform's nats-server did not start; see $RUN_DIR/nats-platform.log" >&2; exit 1; }
+  export SAGA_NATS_URL="nats://127.0.0.1:$PLATFORM_NATS_PORT"
+}
+
 TOKENS="$RUN_DIR/api-tokens.json"
 TOKEN_HASHES="$RUN_DIR/api-token-hashes.json"
 
@@ -134,11 +161,21 @@ token_of() { sed -n "s/^ *\"$1\": \"\([^\"]*\)\".*/\1/p" "$TOKENS"; }
 up() {
   ensure_toolchain
   services
+  ensure_platform_nats
   ensure_tokens
   say "building the platform (release)"
   cargo build --release --quiet -p saga-platform --bin saga-platform --bin saga-bench --bin saga-demo
   down quiet
   say "starting the platform"
+  cat >"$RUN_DIR/platform.env" <<ENV
+# The settings ./dev.sh up started the platform with (no secrets: the passwords are in
+# .run/nats-passwords.env, the API tokens in .run/api-tokens.json).
+SAGA_NATS_URL=$SAGA_NATS_URL
+SAGA_DATABASE_URL=$(printf %s "$SAGA_DATABASE_URL" | sed -E 's#(://[^:/@]*):[^@]*@#\1:***@#')
+SAGA_MYPAGE_DATABASE_URL=$(printf %s "$SAGA_MYPAGE_DATABASE_URL" | sed -E 's#(://[^:/@]*):[^@]*@#\1:***@#')
+SAGA_API_TOKENS_FILE=$TOKEN_HASHES
+SAGA_GATEWAY_ADDR=${SAGA_GATEWAY_ADDR:-127.0.0.1:8080}
+ENV
   SAGA_DATABASE_URL="$SAGA_DATABASE_URL" SAGA_API_TOKENS_FILE="$TOKEN_HASHES" \
     SAGA_GIFT_SERVICE_TOKEN="$(token_of notify)" nohup target/release/saga-platform \
     >"$RUN_DIR/platform.log" 2>&1 &
@@ -150,6 +187,7 @@ up() {
 
 The reward saga platform is up.
   API (every service):   $base
+  NATS (with users):     $SAGA_NATS_URL   (settings in .run/platform.env)
   API tokens:            $TOKENS  (one per scope: game, reader, operator, admin, notify)
                          e.g. ADMIN=\$(./dev.sh tokens admin)
                               curl -H "Authorization: Bearer \$ADMIN" $base/v1/sagas
@@ -177,6 +215,10 @@ down() {
     [ "${1:-}" = quiet ] || say "platform stopped"
   fi
   rm -f "$pidfile"
+  if [ "${1:-}" != quiet ] && [ -f "$RUN_DIR/nats-platform.pid" ]; then
+    kill "$(cat "$RUN_DIR/nats-platform.pid")" 2>/dev/null || true
+    rm -f "$RUN_DIR/nats-platform.pid"
+  fi
 }
 
 ensure_chromium() {
@@ -206,7 +248,10 @@ screenshot() {
 bench() {
   ensure_toolchain
   cargo build --release --quiet -p saga-platform --bin saga-bench
-  target/release/saga-bench --base-url "http://${SAGA_GATEWAY_ADDR:-127.0.0.1:8080}" \
+  [ -s "$NATS_PASSWORDS" ] && { set -a; . "$NATS_PASSWORDS"; set +a; }
+  SAGA_NATS_URL="nats://127.0.0.1:$PLATFORM_NATS_PORT" SAGA_NATS_USER=observer \
+    SAGA_NATS_PASSWORD="${NATS_OBSERVER_PASSWORD:-}" \
+    target/release/saga-bench --base-url "http://${SAGA_GATEWAY_ADDR:-127.0.0.1:8080}" \
     --token "$(token_of admin)" --sagas "${1:-2000}" --concurrency "${2:-50}"
 }
 

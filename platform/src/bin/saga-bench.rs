@@ -30,6 +30,13 @@ struct Args {
     /// NATS, where `SagaFinished` events are observed.
     #[arg(long, env = "SAGA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    /// The NATS user that watches the events (the read-only `observer` of
+    /// deploy/nats/nats-server.conf), when the server asks for one.
+    #[arg(long, env = "SAGA_NATS_USER")]
+    nats_user: Option<String>,
+    /// Its password.
+    #[arg(long, env = "SAGA_NATS_PASSWORD", hide_env_values = true)]
+    nats_password: Option<String>,
     /// The platform's stream/subject prefix, if any.
     #[arg(long, env = "SAGA_NATS_PREFIX", default_value = "")]
     nats_prefix: String,
@@ -187,7 +194,11 @@ async fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
 
     let finishes: Finishes = Arc::new(Mutex::new(HashMap::new()));
-    let nats = async_nats::connect(&args.nats_url).await.context("NATS")?;
+    let mut options = async_nats::ConnectOptions::new();
+    if let (Some(user), Some(password)) = (&args.nats_user, &args.nats_password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    let nats = options.connect(&args.nats_url).await.context("NATS")?;
     let subject = contracts::Topology::new(&args.nats_prefix).event_subject("saga", "SagaFinished");
     let mut events = nats.subscribe(subject).await?;
     nats.flush().await?;
