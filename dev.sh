@@ -6,6 +6,8 @@
 #   ./dev.sh down      stop the platform started by `up`
 #   ./dev.sh bench [N] [C]   run the benchmark against the running platform
 #   ./dev.sh demo breaker [...]  the seed's circuit-breaking demonstration (siege, against `up`)
+#   ./dev.sh demo cluster [...]  3-node JetStream cluster, a node SIGKILLed mid-load: lost=0 duplicates=0
+#   ./dev.sh demo zero-downtime [...]  rolling restart behind nginx under siege -c2: availability=100.00%
 #   ./dev.sh screenshot [PATH]  headless Chromium screenshot of the running platform's saga page
 #   ./dev.sh tokens    print the local API tokens (made by `up`, in .run/api-tokens.json)
 #   ./dev.sh services  only install and start PostgreSQL, NATS and MariaDB (what CI needs)
@@ -265,7 +267,19 @@ demo() {
       cargo build --release --quiet -p saga-platform --bin saga-demo
       target/release/saga-demo breaker --base-url "http://${SAGA_GATEWAY_ADDR:-127.0.0.1:8080}" \
         --token "$(token_of admin)" "$@" ;;
-    *) echo "unknown demo $which (breaker)" >&2; exit 2 ;;
+    cluster)
+      command -v nats-server >/dev/null || apt_install nats-server
+      ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
+      cargo build --release --quiet --workspace --bins
+      target/release/saga-cluster-demo --bin-dir target/release "$@" ;;
+    zero-downtime)
+      command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
+      command -v siege >/dev/null || apt_install siege
+      command -v nats-server >/dev/null || apt_install nats-server
+      ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
+      cargo build --release --quiet --workspace --bins
+      target/release/saga-rollout-demo --bin-dir target/release "$@" ;;
+    *) echo "unknown demo $which (breaker, cluster, zero-downtime)" >&2; exit 2 ;;
   esac
 }
 
@@ -278,5 +292,5 @@ case "${1:-}" in
   screenshot) shift; screenshot "$@" ;;
   demo) shift; demo "$@" ;;
   tokens) shift; if [ -n "${1:-}" ]; then token_of "$1"; else cat "$TOKENS"; fi ;;
-  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -46,6 +46,11 @@ pub struct EdgeSettings {
     pub max_uri_bytes: usize,
     /// The largest header section, in bytes (`SAGA_MAX_HEADER_BYTES`).
     pub max_header_bytes: usize,
+    /// How long the process keeps accepting and serving requests after the shutdown signal,
+    /// with `/readyz` already answering 503, before it closes its listener and drains, in ms
+    /// (`SAGA_SHUTDOWN_DELAY_MS`): the time a load balancer needs to see the replica not ready.
+    /// In Kubernetes the pod's preStop sleep does this instead.
+    pub shutdown_delay_ms: u64,
     /// Sagas and gift exchanges one token may start per second, sustained
     /// (`SAGA_STARTS_PER_SECOND`).
     pub starts_per_second: u32,
@@ -61,6 +66,7 @@ impl Default for EdgeSettings {
             body_limit_bytes: 64 * 1024,
             max_uri_bytes: 8 * 1024,
             max_header_bytes: 16 * 1024,
+            shutdown_delay_ms: 0,
             starts_per_second: 5_000,
             starts_burst: 10_000,
         }
@@ -126,7 +132,8 @@ impl Edge {
             .layer(middleware::from_fn(problems))
     }
 
-    /// Serves `router` behind the edge on `listener` until `shutdown`, then drains in-flight
+    /// Serves `router` behind the edge on `listener` until `shutdown` and then for the shutdown
+    /// delay (`/readyz` answers 503 meanwhile), then closes the listener and drains in-flight
     /// requests (at most 10 s).
     pub async fn serve(
         &self,
@@ -143,9 +150,21 @@ impl Edge {
                 self.settings.header_timeout_ms.max(1),
             ));
         let graceful = GracefulShutdown::new();
+        let delay = Duration::from_millis(self.settings.shutdown_delay_ms);
+        let stop = async move {
+            shutdown.cancelled().await;
+            if !delay.is_zero() {
+                tracing::info!(
+                    delay_ms = %delay.as_millis(),
+                    "not ready; still serving until the shutdown delay passes"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        };
+        tokio::pin!(stop);
         loop {
             let (stream, _) = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = &mut stop => break,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {

@@ -34,7 +34,17 @@ pub async fn connect(
     if let Some(ca) = &infra.nats_ca_file {
         options = options.add_root_certificates(ca.into()).require_tls(true);
     }
-    options.connect(infra.nats_url.as_str()).await
+    let servers: Vec<async_nats::ServerAddr> = infra
+        .nats_url
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|e: std::io::Error| {
+            async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::ServerParse, e)
+        })?;
+    options.connect(servers).await
 }
 
 /// Errors while setting up streams or consumers.
@@ -90,8 +100,32 @@ pub async fn ensure_streams(
     Ok(())
 }
 
-/// Creates (or opens) a durable pull consumer with one filter subject.
+/// Creates (or opens) a durable pull consumer with one filter subject. On a cluster that is
+/// electing a leader the call can time out: it is tried again with backoff for about a minute.
 pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    topology: &Topology,
+    which: Stream,
+    durable: &str,
+    filter_subject: &str,
+) -> Result<consumer::Consumer<consumer::pull::Config>, SetupError> {
+    let mut wait = Duration::from_millis(250);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match try_ensure_consumer(js, topology, which, durable, filter_subject).await {
+            Ok(consumer) => return Ok(consumer),
+            Err(error) if tries < 8 => {
+                tracing::warn!(%error, tries, "creating a consumer failed; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(15));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+async fn try_ensure_consumer(
     js: &jetstream::Context,
     topology: &Topology,
     which: Stream,

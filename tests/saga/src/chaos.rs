@@ -9,9 +9,7 @@
 //! and nothing in the dead-letter stream but the garbage injected on purpose.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -19,8 +17,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, PgConnection};
 use tokio::sync::Mutex;
+
+pub use crate::processes::bin_dir;
+use crate::processes::{Dice, Fleet, OwnPostgres, Process, connect_nats, free_port};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -48,29 +49,6 @@ impl ChaosConfig {
             bin_dir: bin_dir()?,
         })
     }
-}
-
-/// Finds the directory of the service binaries: `SAGA_BIN_DIR`, or the target directory of the
-/// running executable (a test runs from `target/<profile>/deps`).
-pub fn bin_dir() -> anyhow::Result<PathBuf> {
-    if let Ok(dir) = std::env::var("SAGA_BIN_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let exe = std::env::current_exe()?;
-    let mut dir = exe
-        .parent()
-        .context("executable without a directory")?
-        .to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    if !dir.join("orchestrator").exists() {
-        bail!(
-            "no service binaries in {}: build them first (cargo build --workspace --bins)",
-            dir.display()
-        );
-    }
-    Ok(dir)
 }
 
 /// What the suite saw.
@@ -133,222 +111,9 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// A tiny deterministic random source for the fault schedule.
-struct Dice(u64);
-
-impl Dice {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-/// A loopback port nobody listens on, never the same one twice in a run.
-fn free_port() -> anyhow::Result<u16> {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for _ in 0..100 {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if !given.contains(&port) {
-            given.push(port);
-            return Ok(port);
-        }
-    }
-    bail!("no free loopback port")
-}
-
-/// One supervised process.
-struct Process {
-    name: String,
-    program: PathBuf,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    log: PathBuf,
-    child: Option<Child>,
-    http: Option<u16>,
-}
-
-impl Process {
-    fn start(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new(&self.program)
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.program.display()))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM, then waits up to 10 s; returns whether it exited 0 in time, and how long
-    /// it took (a process that does not exit in time is killed).
-    fn terminate(&mut self) -> (bool, Duration) {
-        let started = Instant::now();
-        let Some(mut child) = self.child.take() else {
-            return (true, Duration::ZERO);
-        };
-        let pid = child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        while started.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(status)) = child.try_wait() {
-                return (status.success(), started.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        (false, started.elapsed())
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A PostgreSQL instance of the suite's own, in its work directory.
-struct OwnPostgres {
-    bin: PathBuf,
-    dir: PathBuf,
-    port: u16,
-    as_postgres: bool,
-}
-
-impl OwnPostgres {
-    fn find_bin() -> Option<PathBuf> {
-        if let Ok(dir) = std::env::var("SAGA_CHAOS_PG_BIN") {
-            return Some(PathBuf::from(dir));
-        }
-        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .flatten()
-            .map(|e| e.path().join("bin"))
-            .filter(|p| p.join("initdb").exists())
-            .collect();
-        versions.sort();
-        versions.pop()
-    }
-
-    fn pg(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
-        let program = self.bin.join(tool);
-        let status = if self.as_postgres {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&program)
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()?
-        } else {
-            Command::new(&program)
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()?
-        };
-        if !status.success() {
-            bail!("{tool} {args:?} failed: {status}");
-        }
-        Ok(())
-    }
-
-    async fn create(work: &Path) -> anyhow::Result<Option<Self>> {
-        let Some(bin) = Self::find_bin() else {
-            return Ok(None);
-        };
-        let root = Command::new("id").arg("-u").output()?.stdout == b"0\n";
-        let dir = work.join("pg");
-        std::fs::create_dir_all(&dir)?;
-        if root {
-            Command::new("chown")
-                .args(["-R", "postgres"])
-                .arg(work)
-                .status()?;
-        }
-        let me = Self {
-            bin,
-            dir,
-            port: free_port()?,
-            as_postgres: root,
-        };
-        let dir = me.dir.to_string_lossy().to_string();
-        me.pg(
-            "initdb",
-            &[
-                "-D",
-                &dir,
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-        )?;
-        me.start()?;
-        Ok(Some(me))
-    }
-
-    fn start(&self) -> anyhow::Result<()> {
-        let dir = self.dir.to_string_lossy().to_string();
-        let log = self.dir.join("server.log").to_string_lossy().to_string();
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={dir} -c max_connections=200",
-            self.port
-        );
-        self.pg(
-            "pg_ctl",
-            &[
-                "-D", &dir, "-l", &log, "-o", &options, "-w", "-t", "60", "start",
-            ],
-        )
-    }
-
-    /// A crash and a restart: `immediate` stops without a checkpoint, so the start recovers
-    /// from the WAL.
-    fn crash_and_restart(&self) -> anyhow::Result<()> {
-        let dir = self.dir.to_string_lossy().to_string();
-        self.pg("pg_ctl", &["-D", &dir, "-m", "immediate", "-w", "stop"])?;
-        self.start()
-    }
-
-    fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
-    }
-}
-
-impl Drop for OwnPostgres {
-    fn drop(&mut self) {
-        let dir = self.dir.to_string_lossy().to_string();
-        let _ = self.pg("pg_ctl", &["-D", &dir, "-m", "fast", "-w", "stop"]);
-    }
-}
-
+/// What a saga of the mix is made to meet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Plain,
     FrozenWallet,
     HeldMission,
@@ -357,7 +122,8 @@ enum Kind {
 }
 
 impl Kind {
-    fn of(i: usize) -> Kind {
+    /// The kind of the `i`-th saga: 70 % plain, 20 % that compensate, 10 % Telegram trouble.
+    pub(crate) fn of(i: usize) -> Kind {
         match i % 20 {
             14 | 15 => Kind::FrozenWallet,
             16 | 17 => Kind::HeldMission,
@@ -367,7 +133,8 @@ impl Kind {
         }
     }
 
-    fn expected(self) -> &'static str {
+    /// The final state its saga must reach.
+    pub(crate) fn expected(self) -> &'static str {
         match self {
             Kind::FrozenWallet | Kind::HeldMission => "compensated",
             _ => "completed",
@@ -375,23 +142,33 @@ impl Kind {
     }
 }
 
-struct Planned {
-    kind: Kind,
-    chat_id: i64,
-    mission_id: String,
-    saga_id: Option<String>,
+/// One saga of the mix: its kind, its customer's chat, its mission, and its id once started.
+pub(crate) struct Planned {
+    pub(crate) kind: Kind,
+    pub(crate) chat_id: i64,
+    pub(crate) mission_id: String,
+    pub(crate) saga_id: Option<String>,
 }
 
 /// The HTTP side: calls a service through whichever of its replicas answers, and counts the
 /// calls each port failed.
 #[derive(Clone)]
-struct Client {
-    http: reqwest::Client,
-    failures: Arc<std::sync::Mutex<HashMap<u16, usize>>>,
+pub(crate) struct Client {
+    pub(crate) http: reqwest::Client,
+    pub(crate) failures: Arc<std::sync::Mutex<HashMap<u16, usize>>>,
 }
 
 impl Client {
-    async fn call(
+    /// A client presenting the run's admin token, whose requests time out after `timeout`.
+    pub(crate) fn new(timeout: Duration) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: crate::processes::RunTokens::get().admin_client(timeout)?,
+            failures: Arc::default(),
+        })
+    }
+
+    /// `method path` on the replicas in turn until one answers below 500 (90 s at most).
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         ports: &[u16],
@@ -436,7 +213,8 @@ impl Client {
         *failures.entry(port).or_default() += 1;
     }
 
-    fn failures(&self, port: u16) -> usize {
+    /// Calls to `port` that failed so far.
+    pub(crate) fn failures(&self, port: u16) -> usize {
         let failures = self
             .failures
             .lock()
@@ -445,19 +223,46 @@ impl Client {
     }
 }
 
+/// Where a run's platform answers: what preparing the mix and checking the promises need.
+pub(crate) struct Endpoints {
+    pub(crate) database_url: String,
+    /// One NATS URL or a comma-separated list.
+    pub(crate) nats_url: String,
+    pub(crate) orchestrators: Vec<u16>,
+    pub(crate) missions: Vec<u16>,
+    pub(crate) wallets: Vec<u16>,
+    pub(crate) telegrams: Vec<u16>,
+    pub(crate) stand_in_port: u16,
+    /// Every service process's name and HTTP port (their `/metrics` must parse).
+    pub(crate) metrics: Vec<(String, u16)>,
+}
+
+impl Endpoints {
+    /// The endpoints of `fleet`, on `database_url` and `nats_url`.
+    pub(crate) fn of(fleet: &Fleet, database_url: &str, nats_url: &str) -> Self {
+        Self {
+            database_url: database_url.to_owned(),
+            nats_url: nats_url.to_owned(),
+            orchestrators: fleet.ports_of("orchestrator"),
+            missions: fleet.ports_of("mission-worker"),
+            wallets: fleet.ports_of("wallet-worker"),
+            telegrams: fleet.ports_of("telegram-worker"),
+            stand_in_port: fleet.stand_in_port,
+            metrics: fleet
+                .services
+                .iter()
+                .filter_map(|s| Some((s.name.clone(), s.http?)))
+                .collect(),
+        }
+    }
+}
+
 struct Cluster {
     work: PathBuf,
     nats: Process,
     pg: Option<OwnPostgres>,
-    services: Vec<Process>,
-    stand_in: Process,
-    database_url: String,
-    nats_url: String,
-    orchestrators: Vec<u16>,
-    missions: Vec<u16>,
-    wallets: Vec<u16>,
-    telegrams: Vec<u16>,
-    stand_in_port: u16,
+    fleet: Fleet,
+    ends: Endpoints,
 }
 
 impl Cluster {
@@ -465,170 +270,42 @@ impl Cluster {
         std::fs::create_dir_all(&work)?;
         let nats_port = free_port()?;
         let nats_store = work.join("nats");
-        let mut nats = Process {
-            name: "nats-server".into(),
-            program: PathBuf::from("nats-server"),
-            args: vec![
-                "-a".into(),
-                "127.0.0.1".into(),
-                "-p".into(),
-                nats_port.to_string(),
-                "-js".into(),
-                "-sd".into(),
-                nats_store.to_string_lossy().to_string(),
-            ],
-            env: Vec::new(),
-            log: work.join("nats-server.log"),
-            child: None,
-            http: None,
-        };
+        let mut nats = Process::new("nats-server", "nats-server", work.join("nats-server.log"));
+        nats.args = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            nats_port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            nats_store.to_string_lossy().to_string(),
+        ];
         nats.start()?;
-        let pg = OwnPostgres::create(&work).await?;
-        let database = "saga_chaos";
-        let (admin_url, database_url) = match &pg {
-            Some(pg) => (pg.url("postgres"), pg.url(database)),
-            None => {
-                let admin = std::env::var("SAGA_TEST_DATABASE_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-                let base = admin
-                    .rsplit_once('/')
-                    .map(|(b, _)| b.to_owned())
-                    .unwrap_or_default();
-                (admin, format!("{base}/{database}_{}", std::process::id()))
-            }
-        };
-        let db_name = database_url
-            .rsplit('/')
-            .next()
-            .unwrap_or(database)
-            .to_owned();
-        let mut admin = PgConnection::connect(&admin_url).await?;
-        admin
-            .execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
-            )))
-            .await?;
-        admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
-            .await?;
-        admin.close().await?;
-
+        let (pg, database_url) = crate::processes::fresh_database(&work, "saga_chaos").await?;
         let nats_url = format!("nats://127.0.0.1:{nats_port}");
         let stand_in_port = free_port()?;
-        let common = |extra: Vec<(&str, String)>| {
-            let mut env = vec![
-                ("SAGA_DATABASE_URL".to_owned(), database_url.clone()),
-                ("SAGA_DATABASE_MAX_CONNECTIONS".to_owned(), "6".to_owned()),
-                ("SAGA_NATS_URL".to_owned(), nats_url.clone()),
-                ("SAGA_POLICIES__STEP_TIMEOUT".to_owned(), "2000".to_owned()),
-                (
-                    "SAGA_POLICIES__TELEGRAM_TIMEOUT".to_owned(),
-                    "8000".to_owned(),
-                ),
-                ("SAGA_TELEGRAM_TIMEOUT_MS".to_owned(), "3000".to_owned()),
-                (
-                    "SAGA_TELEGRAM_API_BASE".to_owned(),
-                    format!("http://127.0.0.1:{stand_in_port}"),
-                ),
-                (
-                    "RUST_LOG".to_owned(),
-                    "warn,saga_runtime=info,saga_orchestrator::timers=debug".to_owned(),
-                ),
-                ("SAGA_LOG_FORMAT".to_owned(), "json".to_owned()),
-            ];
-            env.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
-            env
+        let env = |_: &crate::processes::Service, _| {
+            crate::processes::service_env(&database_url, &nats_url, stand_in_port)
         };
-        let mut services = Vec::new();
-        let mut ports = HashMap::new();
-        for (binary, addr_var) in [
-            ("orchestrator", "SAGA_ORCHESTRATOR_ADDR"),
-            ("mission-worker", "SAGA_MISSION_ADDR"),
-            ("reward-worker", "SAGA_REWARD_ADDR"),
-            ("wallet-worker", "SAGA_WALLET_ADDR"),
-            ("telegram-worker", "SAGA_TELEGRAM_ADDR"),
-        ] {
-            for replica in 1..=2 {
-                let port = free_port()?;
-                ports.entry(binary).or_insert_with(Vec::new).push(port);
-                services.push(Process {
-                    name: format!("{binary}-{replica}"),
-                    program: config.bin_dir.join(binary),
-                    args: Vec::new(),
-                    env: common(vec![(addr_var, format!("127.0.0.1:{port}"))]),
-                    log: work.join(format!("{binary}-{replica}.log")),
-                    child: None,
-                    http: Some(port),
-                });
-            }
-        }
-        let mut stand_in = Process {
-            name: "telegram-stand-in".into(),
-            program: config.bin_dir.join("telegram-stand-in"),
-            args: Vec::new(),
-            env: vec![(
-                "SAGA_STAND_IN_ADDR".into(),
-                format!("127.0.0.1:{stand_in_port}"),
-            )],
-            log: work.join("telegram-stand-in.log"),
-            child: None,
-            http: None,
-        };
-        stand_in.start()?;
+        let mut fleet = Fleet::plan(&config.bin_dir, &work, 2, stand_in_port, &env, None)?;
         // One orchestrator first: it creates the streams and migrates before the rest race.
-        services[0].start()?;
-        let ports_of = |name: &str| ports.get(name).cloned().unwrap_or_default();
-        let cluster = Self {
+        fleet.start_first()?;
+        let ends = Endpoints::of(&fleet, &database_url, &nats_url);
+        Ok(Self {
             work,
             nats,
             pg,
-            services,
-            stand_in,
-            database_url,
-            nats_url,
-            orchestrators: ports_of("orchestrator"),
-            missions: ports_of("mission-worker"),
-            wallets: ports_of("wallet-worker"),
-            telegrams: ports_of("telegram-worker"),
-            stand_in_port,
-        };
-        Ok(cluster)
+            fleet,
+            ends,
+        })
     }
 
     async fn wait_ready(&self, port: u16) -> anyhow::Result<()> {
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = http
-                .get(format!("http://127.0.0.1:{port}/readyz"))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the service on port {port} did not become ready; logs in {}",
-                    self.work.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        crate::processes::wait_ready(port, Duration::from_secs(60), &self.work).await
     }
 
     async fn start_all(&mut self) -> anyhow::Result<()> {
-        self.wait_ready(self.orchestrators[0]).await?;
-        for service in self.services.iter_mut().skip(1) {
-            service.start()?;
-        }
-        for service in &self.services {
-            if let Some(port) = service.http {
-                self.wait_ready(port).await?;
-            }
-        }
-        Ok(())
+        self.fleet.start_rest(&self.work).await
     }
 }
 
@@ -640,22 +317,17 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
         std::env::temp_dir().join(format!("saga-chaos-{}-{}", std::process::id(), config.seed));
     let mut cluster = Cluster::start(&config, work.clone()).await?;
     cluster.start_all().await?;
-    let client = Client {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?,
-        failures: Arc::default(),
-    };
+    let client = Client::new(Duration::from_secs(10))?;
     let mut summary = Summary {
         sagas: config.sagas,
         work_dir: work,
         ..Summary::default()
     };
 
-    let planned = prepare(&cluster, &client, config.sagas).await?;
-    let garbage = inject_garbage(&cluster.nats_url).await?;
+    let planned = prepare(&cluster.ends, &client, config.sagas).await?;
+    let garbage = inject_garbage(&cluster.ends.nats_url).await?;
 
-    let nats = async_nats::connect(&cluster.nats_url).await?;
+    let nats = connect_nats(&cluster.ends.nats_url).await?;
     let mut finished = nats.subscribe("evt.saga.SagaFinished").await?;
     let completions = Arc::new(AtomicUsize::new(0));
     let counter = completions.clone();
@@ -675,53 +347,15 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
 
     let submitted = Arc::new(AtomicUsize::new(0));
     let planned = Arc::new(Mutex::new(planned));
-    let submitter = {
-        let client = client.clone();
-        let ports = cluster.orchestrators.clone();
-        let planned = planned.clone();
-        let submitted = submitted.clone();
-        let total = config.sagas;
-        let concurrency = config.concurrency;
-        let pace = config.spread * u32::try_from(concurrency).unwrap_or(1)
-            / u32::try_from(total.max(1)).unwrap_or(1);
-        tokio::spawn(async move {
-            futures::stream::iter(0..total)
-                .for_each_concurrent(concurrency, |i| {
-                    let client = client.clone();
-                    let ports = ports.clone();
-                    let planned = planned.clone();
-                    let submitted = submitted.clone();
-                    async move {
-                        let mission_id = planned.lock().await[i].mission_id.clone();
-                        let body =
-                            json!({"type": "mission_reward", "input": {"mission_id": mission_id}});
-                        let key = format!("chaos-{i}");
-                        match client
-                            .call(
-                                reqwest::Method::POST,
-                                &ports,
-                                "/v1/sagas",
-                                Some(&body),
-                                Some(&key),
-                            )
-                            .await
-                        {
-                            Ok((202, saga)) => {
-                                planned.lock().await[i].saga_id =
-                                    saga["id"].as_str().map(str::to_owned);
-                            }
-                            Ok((status, problem)) => {
-                                eprintln!("a saga was refused: {status} {problem}")
-                            }
-                            Err(error) => eprintln!("a saga could not be started: {error:#}"),
-                        }
-                        submitted.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(pace).await;
-                    }
-                })
-                .await;
-        })
-    };
+    let submitter = spawn_submitter(
+        client.clone(),
+        cluster.ends.orchestrators.clone(),
+        planned.clone(),
+        submitted.clone(),
+        config.concurrency,
+        config.spread,
+        "chaos",
+    );
 
     let mut dice = Dice(config.seed | 1);
     let mut nats_restarted = false;
@@ -750,17 +384,17 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
         } else if !drained && progress >= 85 {
             // SIGTERM one orchestrator under load: it must drain and exit 0 within 10 s, and
             // the other must not fail a single request meanwhile.
-            cluster.wait_ready(cluster.orchestrators[0]).await?;
-            let before = client.failures(cluster.orchestrators[0]);
-            let (clean, took) = cluster.services[1].terminate();
+            cluster.wait_ready(cluster.ends.orchestrators[0]).await?;
+            let before = client.failures(cluster.ends.orchestrators[0]);
+            let (clean, took) = cluster.fleet.services[1].terminate();
             if !clean {
                 summary.violations.push(format!(
                     "orchestrator-2 did not exit 0 within 10 s of SIGTERM ({took:?})"
                 ));
             }
-            cluster.services[1].start()?;
-            cluster.wait_ready(cluster.orchestrators[1]).await?;
-            let failed = client.failures(cluster.orchestrators[0]) - before;
+            cluster.fleet.services[1].start()?;
+            cluster.wait_ready(cluster.ends.orchestrators[1]).await?;
+            let failed = client.failures(cluster.ends.orchestrators[0]) - before;
             if failed > 0 {
                 summary.violations.push(format!(
                     "{failed} requests to orchestrator-1 failed while orchestrator-2 drained"
@@ -770,6 +404,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
             drained = true;
         } else if !all_orchestrators_killed && progress >= 70 {
             for service in cluster
+                .fleet
                 .services
                 .iter_mut()
                 .filter(|s| s.name.starts_with("orchestrator"))
@@ -781,7 +416,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
             tokio::time::sleep(Duration::from_secs(1)).await;
             *first_completion_after.lock().await = None;
             let restarted = Instant::now();
-            cluster.services[0].start()?;
+            cluster.fleet.services[0].start()?;
             let first = wait_first(&first_completion_after, Duration::from_secs(60)).await;
             summary.recovery = first.map(|at| at.duration_since(restarted));
             outages.push((down, std::time::SystemTime::now()));
@@ -791,14 +426,15 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
                     summary.recovery
                 ));
             }
-            cluster.services[1].start()?;
+            cluster.fleet.services[1].start()?;
             all_orchestrators_killed = true;
         } else {
-            let victim = usize::try_from(dice.below(cluster.services.len() as u64)).unwrap_or(0);
-            cluster.services[victim].kill();
+            let victim =
+                usize::try_from(dice.below(cluster.fleet.services.len() as u64)).unwrap_or(0);
+            cluster.fleet.services[victim].kill();
             summary.kills += 1;
             tokio::time::sleep(Duration::from_millis(200 + dice.below(600))).await;
-            cluster.services[victim].start()?;
+            cluster.fleet.services[victim].start()?;
         }
     }
     submitter.await?;
@@ -808,10 +444,15 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
             .push("the run ended before every fault was injected".into());
     }
 
-    wait_for_quiet(&cluster, &client).await?;
+    wait_for_quiet(&cluster.ends, &client, Duration::from_secs(180)).await?;
     watcher.abort();
     let planned = planned.lock().await;
-    check(&cluster, &client, &planned, garbage, &mut summary).await?;
+    let (outcomes, violations) =
+        check_promises(&cluster.ends, &client, &planned, garbage, true).await?;
+    summary.outcomes = outcomes;
+    summary
+        .violations
+        .extend(violations.into_iter().map(|v| v.what));
     summary.timers = timer_lag(&summary.work_dir, &outages)?;
     if summary
         .timers
@@ -823,22 +464,67 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Summary> {
             .push(format!("timer lag p99 {:?} is over 1 s", summary.timers.1));
     }
     summary.elapsed = started.elapsed();
-    for service in cluster.services.iter_mut() {
-        let (clean, took) = service.terminate();
-        if !clean {
-            summary.violations.push(format!(
-                "{} did not exit 0 within 10 s of SIGTERM ({took:?})",
-                service.name
-            ));
-        }
-    }
-    cluster.stand_in.terminate();
+    summary.violations.extend(cluster.fleet.stop());
     cluster.nats.terminate();
     drop(cluster);
     if summary.violations.is_empty() {
         let _ = std::fs::remove_dir_all(&summary.work_dir);
     }
     Ok(summary)
+}
+
+/// Starts the planned sagas in the background, `concurrency` at a time, paced so that starting
+/// them all takes about `spread`; each with the `Idempotency-Key` `{key_prefix}-{i}`, through
+/// whichever orchestrator answers. `submitted` counts the attempts made.
+pub(crate) fn spawn_submitter(
+    client: Client,
+    ports: Vec<u16>,
+    planned: Arc<Mutex<Vec<Planned>>>,
+    submitted: Arc<AtomicUsize>,
+    concurrency: usize,
+    spread: Duration,
+    key_prefix: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let total = planned.lock().await.len();
+        let pace = spread * u32::try_from(concurrency).unwrap_or(1)
+            / u32::try_from(total.max(1)).unwrap_or(1);
+        futures::stream::iter(0..total)
+            .for_each_concurrent(concurrency, |i| {
+                let client = client.clone();
+                let ports = ports.clone();
+                let planned = planned.clone();
+                let submitted = submitted.clone();
+                async move {
+                    let mission_id = planned.lock().await[i].mission_id.clone();
+                    let body =
+                        json!({"type": "mission_reward", "input": {"mission_id": mission_id}});
+                    let key = format!("{key_prefix}-{i}");
+                    match client
+                        .call(
+                            reqwest::Method::POST,
+                            &ports,
+                            "/v1/sagas",
+                            Some(&body),
+                            Some(&key),
+                        )
+                        .await
+                    {
+                        Ok((202, saga)) => {
+                            planned.lock().await[i].saga_id =
+                                saga["id"].as_str().map(str::to_owned);
+                        }
+                        Ok((status, problem)) => {
+                            eprintln!("a saga was refused: {status} {problem}")
+                        }
+                        Err(error) => eprintln!("a saga could not be started: {error:#}"),
+                    }
+                    submitted.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(pace).await;
+                }
+            })
+            .await;
+    })
 }
 
 async fn wait_first(first: &Arc<Mutex<Option<Instant>>>, timeout: Duration) -> Option<Instant> {
@@ -852,7 +538,13 @@ async fn wait_first(first: &Arc<Mutex<Option<Instant>>>, timeout: Duration) -> O
     None
 }
 
-async fn prepare(cluster: &Cluster, client: &Client, sagas: usize) -> anyhow::Result<Vec<Planned>> {
+/// Makes the mix: `sagas` customers, chats, missions, frozen wallets, held missions and blocked
+/// chats as their kinds call for, and Telegram faults on the stand-in.
+pub(crate) async fn prepare(
+    cluster: &Endpoints,
+    client: &Client,
+    sagas: usize,
+) -> anyhow::Result<Vec<Planned>> {
     use reqwest::Method;
     let stand_in = [cluster.stand_in_port];
     let planned = futures::stream::iter(0..sagas)
@@ -921,7 +613,7 @@ async fn prepare(cluster: &Cluster, client: &Client, sagas: usize) -> anyhow::Re
 
 /// Publishes garbage on command and reply subjects; returns how many.
 async fn inject_garbage(nats_url: &str) -> anyhow::Result<usize> {
-    let nats = async_nats::connect(nats_url).await?;
+    let nats = connect_nats(nats_url).await?;
     let js = async_nats::jetstream::new(nats);
     let subjects = [
         "cmd.mission.complete",
@@ -934,8 +626,13 @@ async fn inject_garbage(nats_url: &str) -> anyhow::Result<usize> {
     Ok(subjects.len())
 }
 
-async fn wait_for_quiet(cluster: &Cluster, client: &Client) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(180);
+/// Waits until no saga is `running` or `compensating` (for at most `timeout`).
+pub(crate) async fn wait_for_quiet(
+    cluster: &Endpoints,
+    client: &Client,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
     loop {
         let mut open = 0;
         for state in ["running", "compensating"] {
@@ -954,20 +651,51 @@ async fn wait_for_quiet(cluster: &Cluster, client: &Client) -> anyhow::Result<()
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{open} sagas are still not terminal after 180 s of quiet");
+            bail!("{open} sagas are still not terminal after {timeout:?} of quiet");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-async fn check(
-    cluster: &Cluster,
+/// Which promise a violation broke: a saga lost (not started, not stored, or not ending as its
+/// kind calls for), an effect duplicated (a reward, credit, debit, message or mission change
+/// twice, or a wallet off its ledger), or another one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Broken {
+    Lost,
+    Duplicate,
+    Other,
+}
+
+/// One broken promise, described.
+#[derive(Clone, Debug)]
+pub(crate) struct Violation {
+    pub(crate) kind: Broken,
+    pub(crate) what: String,
+}
+
+/// Collects violations by kind.
+struct Violations(Vec<Violation>);
+
+impl Violations {
+    fn push(&mut self, kind: Broken, what: String) {
+        self.0.push(Violation { kind, what });
+    }
+}
+
+/// Checks the platform's promises for `planned` in the databases, the streams and the Telegram
+/// stand-in; returns how many sagas ended in each final state, and the violations.
+/// `every_saga_planned`: the run started no saga but the planned ones (the stored count must
+/// match). `garbage`: the dead letters injected on purpose.
+pub(crate) async fn check_promises(
+    cluster: &Endpoints,
     client: &Client,
     planned: &[Planned],
     garbage: usize,
-    summary: &mut Summary,
-) -> anyhow::Result<()> {
-    let violations = &mut summary.violations;
+    every_saga_planned: bool,
+) -> anyhow::Result<(BTreeMap<String, usize>, Vec<Violation>)> {
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut violations = Violations(Vec::new());
     let mut db = PgConnection::connect(&cluster.database_url).await?;
 
     let sagas: Vec<(uuid::Uuid, String, Value)> =
@@ -978,12 +706,11 @@ async fn check(
         .into_iter()
         .map(|(id, state, context)| (id.to_string(), (state, context)))
         .collect();
-    if sagas.len() != planned.len() {
-        violations.push(format!(
-            "{} sagas stored for {} started",
-            sagas.len(),
-            planned.len()
-        ));
+    if every_saga_planned && sagas.len() != planned.len() {
+        violations.push(
+            Broken::Lost,
+            format!("{} sagas stored for {} started", sagas.len(), planned.len()),
+        );
     }
     let missions: Vec<(uuid::Uuid, String, Option<uuid::Uuid>, Option<String>)> =
         sqlx::query_as("SELECT id, status, reward_id, notification_status FROM mission.missions")
@@ -1024,23 +751,26 @@ async fn check(
 
     for plan in planned {
         let Some(saga_id) = &plan.saga_id else {
-            violations.push(format!(
-                "mission {}: its saga was never started",
-                plan.mission_id
-            ));
+            violations.push(
+                Broken::Lost,
+                format!("mission {}: its saga was never started", plan.mission_id),
+            );
             continue;
         };
         let Some((state, context)) = sagas.get(saga_id) else {
-            violations.push(format!("saga {saga_id}: not stored"));
+            violations.push(Broken::Lost, format!("saga {saga_id}: not stored"));
             continue;
         };
-        *summary.outcomes.entry(state.clone()).or_default() += 1;
+        *outcomes.entry(state.clone()).or_default() += 1;
         if state != plan.kind.expected() {
-            violations.push(format!(
-                "saga {saga_id} ({:?}): ended {state}, expected {}",
-                plan.kind,
-                plan.kind.expected()
-            ));
+            violations.push(
+                Broken::Lost,
+                format!(
+                    "saga {saga_id} ({:?}): ended {state}, expected {}",
+                    plan.kind,
+                    plan.kind.expected()
+                ),
+            );
         }
         let mission = missions.get(&plan.mission_id);
         let granted = rewards_of
@@ -1048,15 +778,21 @@ async fn check(
             .cloned()
             .unwrap_or_default();
         if granted.len() > 1 {
-            violations.push(format!(
-                "mission {}: {} rewards granted",
-                plan.mission_id,
-                granted.len()
-            ));
+            violations.push(
+                Broken::Duplicate,
+                format!(
+                    "mission {}: {} rewards granted",
+                    plan.mission_id,
+                    granted.len()
+                ),
+            );
         }
         let messages = delivered.get(&plan.chat_id).copied().unwrap_or(0);
         if messages > 1 {
-            violations.push(format!("chat {}: told {messages} times", plan.chat_id));
+            violations.push(
+                Broken::Duplicate,
+                format!("chat {}: told {messages} times", plan.chat_id),
+            );
         }
         match state.as_str() {
             "completed" => {
@@ -1067,46 +803,62 @@ async fn check(
                         && note.is_some()
                 });
                 if !ok {
-                    violations.push(format!(
-                        "saga {saga_id}: completed but mission is {mission:?}"
-                    ));
+                    violations.push(
+                        Broken::Other,
+                        format!("saga {saga_id}: completed but mission is {mission:?}"),
+                    );
                 }
                 if granted.iter().any(|(_, status)| status != "GRANTED") {
-                    violations.push(format!(
-                        "saga {saga_id}: completed but its reward is {granted:?}"
-                    ));
+                    violations.push(
+                        Broken::Other,
+                        format!("saga {saga_id}: completed but its reward is {granted:?}"),
+                    );
                 }
                 // Telegram has no idempotency key: a worker killed during the call cannot know
                 // whether the message went out, so it is sent at most once. A notification
                 // recorded as sent must have arrived exactly once.
                 let note = mission.and_then(|(_, _, note)| note.as_deref());
                 if note == Some("sent") && messages != 1 {
-                    violations.push(format!(
-                        "saga {saga_id}: notification sent but chat {} told {messages} times",
-                        plan.chat_id
-                    ));
+                    let kind = if messages > 1 {
+                        Broken::Duplicate
+                    } else {
+                        Broken::Other
+                    };
+                    violations.push(
+                        kind,
+                        format!(
+                            "saga {saga_id}: notification sent but chat {} told {messages} times",
+                            plan.chat_id
+                        ),
+                    );
                 }
                 if plan.kind == Kind::Plain && note.is_none() {
-                    violations.push(format!(
-                        "saga {saga_id}: no message recorded on the mission"
-                    ));
+                    violations.push(
+                        Broken::Other,
+                        format!("saga {saga_id}: no message recorded on the mission"),
+                    );
                 }
             }
             "compensated" | "cancelled" => {
                 if !mission
                     .is_some_and(|(status, reward_id, _)| status == "OPEN" && reward_id.is_none())
                 {
-                    violations.push(format!(
-                        "saga {saga_id}: {state} but mission is {mission:?}"
-                    ));
+                    violations.push(
+                        Broken::Other,
+                        format!("saga {saga_id}: {state} but mission is {mission:?}"),
+                    );
                 }
                 if granted.iter().any(|(_, status)| status != "REVOKED") {
-                    violations.push(format!(
-                        "saga {saga_id}: {state} but its reward is {granted:?}"
-                    ));
+                    violations.push(
+                        Broken::Other,
+                        format!("saga {saga_id}: {state} but its reward is {granted:?}"),
+                    );
                 }
                 if messages != 0 {
-                    violations.push(format!("saga {saga_id}: {state} but the customer was told"));
+                    violations.push(
+                        Broken::Other,
+                        format!("saga {saga_id}: {state} but the customer was told"),
+                    );
                 }
             }
             _ => {}
@@ -1123,7 +875,7 @@ async fn check(
     .await?;
     for (customer, balance, ledger, granted) in wallets {
         if balance != ledger || balance != granted || balance < 0 {
-            violations.push(format!(
+            violations.push(Broken::Duplicate, format!(
                 "wallet {customer}: balance {balance}, ledger {ledger}, granted rewards {granted}"
             ));
         }
@@ -1143,7 +895,7 @@ async fn check(
     for (reward, status, points, net, credits, debits) in moves {
         let expected = if status == "GRANTED" { points } else { 0 };
         if net != expected || credits > 1 || debits > 1 {
-            violations.push(format!(
+            violations.push(Broken::Duplicate, format!(
                 "reward {reward} ({status}, {points} points): the wallet moved {net} in {credits} credits and {debits} debits"
             ));
         }
@@ -1161,9 +913,10 @@ async fn check(
     .await?;
     for (saga, ran, undone) in orders {
         if ran != undone {
-            violations.push(format!(
-                "saga {saga}: compensations ran for steps {ran:?}, expected {undone:?}"
-            ));
+            violations.push(
+                Broken::Other,
+                format!("saga {saga}: compensations ran for steps {ran:?}, expected {undone:?}"),
+            );
         }
     }
 
@@ -1172,17 +925,17 @@ async fn check(
         let seen = events.get(&plan.mission_id).copied().unwrap_or(0);
         // Every kind changes its mission twice: COMPLETED, then REWARDED or OPEN again.
         if seen > 2 {
-            violations.push(format!(
-                "mission {}: {seen} MissionUpdated events, at most 2 expected",
-                plan.mission_id
-            ));
+            violations.push(
+                Broken::Duplicate,
+                format!(
+                    "mission {}: {seen} MissionUpdated events, at most 2 expected",
+                    plan.mission_id
+                ),
+            );
         }
     }
 
-    for service in &cluster.services {
-        let Some(port) = service.http else {
-            continue;
-        };
+    for (name, port) in &cluster.metrics {
         let text = client
             .http
             .get(format!("http://127.0.0.1:{port}/metrics"))
@@ -1193,22 +946,25 @@ async fn check(
         let lines = text.lines().map(|l| Ok(l.to_owned()));
         match prometheus_parse::Scrape::parse(lines) {
             Ok(scrape) if !scrape.samples.is_empty() => {}
-            Ok(_) => violations.push(format!("{}: /metrics is empty", service.name)),
-            Err(error) => violations.push(format!(
-                "{}: /metrics does not parse: {error}",
-                service.name
-            )),
+            Ok(_) => violations.push(Broken::Other, format!("{name}: /metrics is empty")),
+            Err(error) => violations.push(
+                Broken::Other,
+                format!("{name}: /metrics does not parse: {error}"),
+            ),
         }
     }
 
-    let nats = async_nats::connect(&cluster.nats_url).await?;
+    let nats = connect_nats(&cluster.nats_url).await?;
     let js = async_nats::jetstream::new(nats);
     let dlq = js.get_stream("DLQ").await?.get_info().await?;
     let parked = usize::try_from(dlq.state.messages).unwrap_or(usize::MAX);
     if parked != garbage {
-        violations.push(format!("{parked} dead letters, {garbage} injected"));
+        violations.push(
+            Broken::Other,
+            format!("{parked} dead letters, {garbage} injected"),
+        );
     }
-    Ok(())
+    Ok((outcomes, violations.0))
 }
 
 /// How many timers the orchestrators fired and the 99th percentile of their lag, from the
@@ -1262,7 +1018,7 @@ fn timer_lag(
 /// `MissionUpdated` events per mission in `DOMAIN_EVT`.
 async fn count_mission_events(nats_url: &str) -> anyhow::Result<HashMap<String, usize>> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-    let nats = async_nats::connect(nats_url).await?;
+    let nats = connect_nats(nats_url).await?;
     let js = async_nats::jetstream::new(nats);
     let stream = js.get_stream("DOMAIN_EVT").await?;
     let total = stream.get_info().await?.state.messages;

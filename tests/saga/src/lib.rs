@@ -543,3 +543,5 @@ impl FakeWorker {
 
 pub mod browser;
 pub mod chaos;
+pub mod demo;
+pub mod processes;

@@ -146,6 +146,10 @@ impl<H: Handler> CommandLoop<H> {
                 },
             })
             .collect();
+        // One order for every batch (by saga): two batches that lock the same rows lock them
+        // in the same order, instead of deadlocking (re-sent copies of a command land in
+        // several batches at once after an outage).
+        batch.sort_by_key(|p| p.command.as_ref().map(|c| (c.saga_id, c.message_id)));
         tracing::debug!(commands = batch.len(), "command batch");
         match self.process(&mut batch).await {
             Ok(outbox) => {

@@ -20,9 +20,19 @@ where
     Fut: Future<Output = Result<bool, sqlx::Error>> + Send,
 {
     let mut requests = nats.queue_subscribe(subject, group).await?;
+    let mut draining = false;
     loop {
         let request = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled(), if !draining => {
+                // Stop receiving, but answer what was already routed here: a request dropped
+                // now leaves its caller (a POST /v1/sagas) waiting for its timeout, then a 503.
+                draining = true;
+                if let Err(error) = requests.drain().await {
+                    tracing::warn!(%error, "look-ups not drained");
+                    return Ok(());
+                }
+                continue;
+            }
             request = requests.next() => request,
         };
         let Some(request) = request else {

@@ -288,6 +288,17 @@ pub async fn serve_worker(
         readiness.stop_accepting();
     });
     let edge = runtime::edge::Edge::from_env()?;
+    // Work that fails (a consumer that cannot be created, say) stops the whole process, so
+    // that it exits non-zero and is restarted, instead of staying up and ready doing nothing.
+    let stop = shutdown.clone();
+    let background = async move {
+        let ran = background.await;
+        if let Err(error) = &ran {
+            tracing::error!(error = %format!("{error:#}"), "the worker's background work failed; stopping");
+            stop.cancel();
+        }
+        ran
+    };
     let (served, ran) = tokio::join!(edge.serve(listener, router, shutdown), background);
     served?;
     ran
