@@ -166,7 +166,8 @@ up() {
   ensure_platform_nats
   ensure_tokens
   say "building the platform (release)"
-  cargo build --release --quiet -p saga-platform --bin saga-platform --bin saga-bench --bin saga-demo
+  cargo build --release --quiet -p saga-platform -p sagactl --bin saga-platform --bin saga-bench \
+    --bin saga-demo --bin sagactl
   down quiet
   say "starting the platform"
   cat >"$RUN_DIR/platform.env" <<ENV
@@ -194,6 +195,9 @@ The reward saga platform is up.
                          e.g. ADMIN=\$(./dev.sh tokens admin)
                               curl -H "Authorization: Bearer \$ADMIN" $base/v1/sagas
   Saga page:             $base/ui   (log in with the reader, operator or admin token)
+  Command line:          $PWD/target/release/sagactl   (inside the checkout it finds .run/ by itself)
+                         e.g. export PATH="$PWD/target/release:\$PATH"; sagactl list
+                              source <(sagactl completions bash)
   OpenAPI document:      $base/openapi.json
   Telegram stand-in:     http://${SAGA_STAND_IN_ADDR:-127.0.0.1:8081}   (no SAGA_TELEGRAM_BOT_TOKEN set)
   Log:                   $RUN_DIR/platform.log

@@ -16,7 +16,7 @@
 //! |---|---|
 //! | `game` | create missions, link chats, start sagas, exchange gifts; read a saga, mission, wallet, gift, chat or my-page by its id |
 //! | `read` | every `GET`: lists, the saga page, `/metrics`, the OpenAPI document |
-//! | `operate` | cancel, retry (one and bulk), dead letters, the Mypage rebuild |
+//! | `operate` | everything `read` may, and cancel, retry (one and bulk), dead letters, the Mypage rebuild |
 //! | `notify` | send a Telegram message (`POST /v1/telegram/messages`: the gift worker's service token) |
 //! | `admin` | everything, plus the budget, freezes, holds and the gift catalogue |
 
@@ -79,11 +79,11 @@ impl Caller {
         if self.scopes.contains(&Scope::Admin) {
             return true;
         }
+        let reads = self.scopes.contains(&Scope::Read) || self.scopes.contains(&Scope::Operate);
         match needed {
+            Needed::Scope(Scope::Read) => reads,
             Needed::Scope(scope) => self.scopes.contains(&scope),
-            Needed::GameOrRead => {
-                self.scopes.contains(&Scope::Game) || self.scopes.contains(&Scope::Read)
-            }
+            Needed::GameOrRead => reads || self.scopes.contains(&Scope::Game),
         }
     }
 }
@@ -532,6 +532,10 @@ mod tests {
         assert!(!game.allows(Needed::Scope(Scope::Operate)));
         assert!(caller(&[Scope::Admin]).allows(Needed::Scope(Scope::Notify)));
         assert!(caller(&[Scope::Read]).allows(Needed::GameOrRead));
+        let operator = caller(&[Scope::Operate]);
+        assert!(operator.allows(Needed::Scope(Scope::Read)), "an operator reads what it acts on");
+        assert!(!operator.allows(Needed::Scope(Scope::Admin)));
+        assert!(!caller(&[Scope::Read]).allows(Needed::Scope(Scope::Operate)));
     }
 
     #[test]

@@ -64,8 +64,9 @@ async fn every_route_needs_a_token_with_its_scope() -> anyhow::Result<()> {
         let needed = runtime::auth::needed(method, path).expect("a protected route");
         for (scope, token) in holders {
             let allowed = match needed {
+                Needed::Scope(Scope::Read) => matches!(scope, Scope::Read | Scope::Operate),
                 Needed::Scope(needed) => needed == scope,
-                Needed::GameOrRead => matches!(scope, Scope::Game | Scope::Read),
+                Needed::GameOrRead => matches!(scope, Scope::Game | Scope::Read | Scope::Operate),
             };
             if allowed {
                 continue;
