@@ -94,6 +94,22 @@ class Checks:
         if answer is not None:
             self.result("stream" in answer and "error" not in answer, f"{user.name}: JetStream stores {subject}: {answer}")
 
+    async def allowed_core(self, user: User, subject: str, listen: str) -> None:
+        """A core-NATS publish (no stream) that the same user, subscribed to `listen`, receives,
+        with no permission error either way."""
+        sub = await user.nc.subscribe(listen)
+        await user.nc.flush()
+        await user.nc.publish(subject, b"{}")
+        await user.nc.flush()
+        try:
+            msg = await sub.next_msg(timeout=WAIT)
+            got = msg.subject == subject
+        except Exception:
+            got = False
+        clean = not user.violations(subject) and not user.violations(listen)
+        self.result(got and clean, f"{user.name} publishes {subject} and hears it on {listen}")
+        await sub.unsubscribe()
+
     async def denied_publish(self, user: User, subject: str) -> None:
         await user.nc.publish(subject, b"{}")
         await user.nc.flush()
@@ -200,6 +216,8 @@ async def run(url: str) -> int:
     if dlq is not None:
         c.result("message" in dlq, f"orchestrator reads dead letter 1: {dlq}")
     await c.allowed_request(orchestrator, f"{API}.STREAM.MSG.DELETE.DLQ", {"seq": 1})
+    # A saga's state changed: announced to the waiters of every orchestrator (core NATS).
+    await c.allowed_core(orchestrator, "watch.saga.0191e0a4-0000-7000-8000-000000000000", "watch.saga.>")
 
     # Every worker: its command consumer, replies, its events, dead letters, its look-ups.
     for worker in WORKERS:
@@ -264,6 +282,8 @@ async def run(url: str) -> int:
         await c.denied_publish(user, f"$JS.ACK.SAGA_CMD.worker-{other}.1.1.1.1.0")
         await c.denied_subscribe(user, "cmd.>")
         await c.denied_subscribe(user, f"svc.{other}.>")
+        await c.denied_publish(user, "watch.saga.0191e0a4-0000-7000-8000-000000000000")
+        await c.denied_subscribe(user, "watch.>")
         if worker != "gift":
             await c.denied_publish(user, "notify.telegram.x")
     await c.denied_publish(users["gift"], f"{API}.CONSUMER.CREATE.NOTIFY.telegram-notify.notify.telegram")
@@ -274,6 +294,8 @@ async def run(url: str) -> int:
     await c.denied_publish(users["mypage"], "evt.mypage.Forged")
     await c.denied_publish(users["mypage"], "cmd.mission.complete")
     await c.denied_subscribe(users["mypage"], "evt.>")
+    await c.denied_publish(users["mypage"], "watch.saga.0191e0a4-0000-7000-8000-000000000000")
+    await c.denied_subscribe(users["mypage"], "watch.>")
 
     for user in [orchestrator, *users.values()]:
         await user.nc.close()

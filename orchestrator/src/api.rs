@@ -1,5 +1,9 @@
-//! The orchestrator's HTTP API: start a saga (idempotently), read one, list them newest first,
-//! and the operator commands. Every error is RFC 9457 problem+json with a stable `code`. What
+//! The orchestrator's HTTP API: start a saga (idempotently, and with `Prefer: wait=` for its
+//! outcome), read one (with `?wait=` as a long poll until it is terminal), list them newest
+//! first, the definitions, and the operator commands, which the saga's history records with the
+//! caller's token name. Waiting costs no query while it waits ([`crate::watch`], which also
+//! serves the event stream); the history route is in [`crate::history`], the dead letters in
+//! [`crate::dead_letters`]. Every error is RFC 9457 problem+json with a stable `code`. What
 //! sagas can be searched by (a customer, a mission, ...) is not written here: the list query and
 //! the bulk filter accept every search key some definition declares, and the OpenAPI document
 //! lists them, generated from the registry when the router is built.
@@ -7,12 +11,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use contracts::{SagaId, Topology};
+use runtime::auth::Caller;
 use runtime::problem::{ApiQuery, Problem};
 use runtime::{ApiError, ApiJson};
 use serde::{Deserialize, Serialize};
@@ -28,8 +35,10 @@ use uuid::Uuid;
 
 use crate::definition::{Registry, key_noun};
 use crate::engine::Engine;
+use crate::history::OperatorAction;
 use crate::machine::{CompensationState, Ignored, Input, Saga, SagaState, label};
 use crate::store::{KeyedSaga, ListFilter};
+use crate::watch::{MAX_WAIT, Watch, Watched, parse_wait};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -50,11 +59,15 @@ pub fn router(state: ApiState) -> OpenApiRouter {
     let mut router = OpenApiRouter::new()
         .routes(routes!(start_saga, list_sagas))
         .routes(routes!(get_saga))
+        .routes(routes!(crate::watch::saga_events))
+        .routes(routes!(crate::history::saga_history))
         .routes(routes!(cancel_saga))
         .routes(routes!(retry_saga))
         .routes(routes!(cancel_sagas))
         .routes(routes!(retry_sagas))
+        .routes(routes!(list_definitions))
         .routes(routes!(crate::dead_letters::list_dead_letters))
+        .routes(routes!(crate::dead_letters::discard_dead_letter))
         .routes(routes!(crate::dead_letters::replay_dead_letter));
     let keys = state.engine.registry().search_key_names();
     document_search_keys(router.get_openapi_mut(), &keys);
@@ -278,6 +291,55 @@ fn accepted(saga: Saga) -> Response {
         .into_response()
 }
 
+/// A saga view as JSON, from its encoded body.
+fn view_json(status: StatusCode, body: Bytes) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The answer of a start that waited (`Prefer: wait`): `200` with the finished saga, else
+/// `202` as without waiting; both say the preference was applied.
+fn waited(id: SagaId, saga: Watched, wait: Duration) -> Response {
+    let status = if saga.is_terminal() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let mut response = view_json(status, saga.body);
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/sagas/{id}")) {
+        headers.insert(header::LOCATION, location);
+    }
+    if let Ok(applied) = HeaderValue::from_str(&format!("wait={}", wait.as_secs())) {
+        headers.insert("preference-applied", applied);
+    }
+    response
+}
+
+/// The wait a client asked for with `Prefer: wait=<seconds>` (RFC 7240), at most
+/// [`MAX_WAIT`]; a preference that cannot be read is ignored, as the RFC asks.
+fn preferred_wait(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|preference| {
+            let token = preference.split(';').next()?;
+            let (name, value) = token.split_once('=')?;
+            if !name.trim().eq_ignore_ascii_case("wait") {
+                return None;
+            }
+            let seconds: u64 = value.trim().trim_matches('"').parse().ok()?;
+            Some(Duration::from_secs(seconds).min(MAX_WAIT))
+        })
+        .next()
+}
+
+/// When a wait that starts now runs out.
+fn deadline_after(wait: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + wait
+}
+
 /// JSON with object keys sorted, so that equal bodies hash equally.
 fn canonical(value: &Value) -> Value {
     match value {
@@ -351,12 +413,31 @@ fn invalid_key() -> ApiError {
 }
 
 impl ApiState {
-    async fn replay(&self, existing: KeyedSaga, hash: &[u8]) -> Result<Response, ApiError> {
+    async fn replay(
+        &self,
+        existing: KeyedSaga,
+        hash: &[u8],
+        wait: Option<(Duration, tokio::time::Instant)>,
+    ) -> Result<Response, ApiError> {
         if existing.request_hash != hash {
             return Err(ApiError::conflict(
                 "idempotency_key_reused",
                 "this Idempotency-Key was used with a different request body",
             ));
+        }
+        if let Some((wait, deadline)) = wait {
+            let store = self.engine.store();
+            let (follower, first) = self
+                .engine
+                .watch()
+                .read(store, existing.id)
+                .await
+                .map_err(|e| ApiError::internal(&e))?
+                .ok_or_else(|| ApiError::internal(&"idempotency key points at no saga"))?;
+            let last = Watch::until_terminal(follower, first, store, deadline)
+                .await
+                .map_err(|e| ApiError::internal(&e))?;
+            return Ok(waited(existing.id, last, wait));
         }
         let stored = self
             .engine
@@ -407,14 +488,25 @@ struct LookupAnswer {
 }
 
 /// Start a saga.
+///
+/// With `Prefer: wait=<seconds>` (RFC 7240, at most 60) the answer waits for the saga to end:
+/// `200` with the finished saga when it ends within the wait, else `202` as without it; both
+/// with `Preference-Applied: wait=<seconds>`.
 #[utoipa::path(
     post,
     path = "/v1/sagas",
     request_body = StartSaga,
-    params(("Idempotency-Key" = Option<String>, Header, description = "The same key and body give the same saga")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key and body give the same saga"),
+        ("Prefer" = Option<String>, Header, description = "`wait=<seconds>` (at most 60): answer when the saga ends, or when the wait runs out"),
+    ),
     responses(
-        (status = 202, description = "The saga was created (or, with a used Idempotency-Key, found)", body = SagaView,
-         headers(("Location" = String, description = "/v1/sagas/{id}"))),
+        (status = 200, description = "With `Prefer: wait`: the saga ended within the wait", body = SagaView,
+         headers(("Location" = String, description = "/v1/sagas/{id}"),
+                 ("Preference-Applied" = String, description = "wait=<seconds>"))),
+        (status = 202, description = "The saga was created (or, with a used Idempotency-Key, found); with `Prefer: wait`, it had not ended when the wait ran out", body = SagaView,
+         headers(("Location" = String, description = "/v1/sagas/{id}"),
+                 ("Preference-Applied" = String, description = "wait=<seconds>, when `Prefer: wait` was given"))),
         (status = 400, description = "Malformed JSON or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The Idempotency-Key was used with another body", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
@@ -428,6 +520,7 @@ async fn start_saga(
     headers: HeaderMap,
     ApiJson(body): ApiJson<StartSaga>,
 ) -> Result<Response, ApiError> {
+    let wait = preferred_wait(&headers).map(|wait| (wait, deadline_after(wait)));
     let key = idempotency_key(&headers)?;
     let hash = request_hash(&body);
     let existing = match &key {
@@ -440,7 +533,7 @@ async fn start_saga(
         None => None,
     };
     if let Some(existing) = existing {
-        return state.replay(existing, &hash).await;
+        return state.replay(existing, &hash, wait).await;
     }
     let definition = state
         .engine
@@ -466,9 +559,13 @@ async fn start_saga(
             .await?;
     }
     let trace = saga_trace(&headers);
+    let id = SagaId::new();
+    // Followed before it exists, so that no change of its state can be missed.
+    let follower = wait.map(|_| state.engine.watch().follow(id));
     let started = state
         .engine
         .start(
+            id,
             &definition,
             input,
             key.as_deref().map(|k| (k, hash.as_slice())),
@@ -479,19 +576,40 @@ async fn start_saga(
     match started {
         Ok(saga) => {
             tracing::info!(saga_id = %saga.id, saga_type = %saga.saga_type, "saga started");
-            Ok(accepted(saga))
+            let (Some((wait, deadline)), Some(follower)) = (wait, follower) else {
+                return Ok(accepted(saga));
+            };
+            let first = Watched::of(saga).map_err(|e| ApiError::internal(&e))?;
+            let last = Watch::until_terminal(follower, first, state.engine.store(), deadline)
+                .await
+                .map_err(|e| ApiError::internal(&e))?;
+            Ok(waited(id, last, wait))
         }
-        Err(existing) => state.replay(existing, &hash).await,
+        Err(existing) => {
+            drop(follower);
+            state.replay(existing, &hash, wait).await
+        }
     }
 }
 
-/// Read one saga.
+/// Query of `GET /v1/sagas/{id}`.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GetQuery {
+    /// Wait until the saga is terminal, at most this long: seconds (`10`, `10s`, `1.5s`) or
+    /// milliseconds (`500ms`), at most 60 s. The answer comes as soon as the saga is terminal,
+    /// or when the wait runs out, with the saga as it is then.
+    pub wait: Option<String>,
+}
+
+/// Read one saga; with `?wait=`, a long poll until it is terminal.
 #[utoipa::path(
     get,
     path = "/v1/sagas/{id}",
-    params(("id" = String, Path, description = "The saga's id")),
+    params(("id" = String, Path, description = "The saga's id"), GetQuery),
     responses(
-        (status = 200, description = "The saga", body = SagaView),
+        (status = 200, description = "The saga (with `wait`: once terminal, or as it is when the wait ran out)", body = SagaView),
+        (status = 400, description = "A bad wait", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such saga", body = Problem, content_type = "application/problem+json"),
     ),
     tag = "sagas"
@@ -499,9 +617,32 @@ async fn start_saga(
 async fn get_saga(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<axum::Json<SagaView>, ApiError> {
+    ApiQuery(query): ApiQuery<GetQuery>,
+) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found("saga_not_found", format!("no saga {id}"));
+    let wait = match query.wait.as_deref() {
+        None | Some("") => None,
+        Some(wait) => Some(
+            parse_wait(wait)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e))?,
+        ),
+    };
     let saga_id: SagaId = id.parse().map_err(|_| not_found())?;
+    if let Some(wait) = wait {
+        let deadline = deadline_after(wait);
+        let store = state.engine.store();
+        let (follower, first) = state
+            .engine
+            .watch()
+            .read(store, saga_id)
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+            .ok_or_else(not_found)?;
+        let last = Watch::until_terminal(follower, first, store, deadline)
+            .await
+            .map_err(|e| ApiError::internal(&e))?;
+        return Ok(view_json(StatusCode::OK, last.body));
+    }
     let stored = state
         .engine
         .store()
@@ -509,7 +650,7 @@ async fn get_saga(
         .await
         .map_err(|e| ApiError::internal(&e))?
         .ok_or_else(not_found)?;
-    Ok(axum::Json(stored.saga.into()))
+    Ok(axum::Json(SagaView::from(stored.saga)).into_response())
 }
 
 /// Query of `GET /v1/sagas`, besides the search keys (every other parameter must be a search
@@ -703,27 +844,38 @@ fn parse_state(state: Option<&str>) -> Result<Option<SagaState>, ApiError> {
 
 /// The stable code and message of a refused operator command.
 fn refusal(ignored: Ignored) -> ApiError {
-    let code = match ignored {
-        Ignored::Terminal(_) => "saga_terminal",
-        Ignored::AlreadyCompensating => "saga_compensating",
-        Ignored::PastPivot => "saga_past_pivot",
-        Ignored::NotFailed => "saga_not_failed",
-        Ignored::AlreadyStarted | Ignored::Stale | Ignored::Mismatch => "saga_conflict",
-    };
-    ApiError::conflict(code, ignored.to_string())
+    ApiError::conflict(ignored.code(), ignored.to_string())
 }
 
-async fn operate(state: &ApiState, id: &str, input: Input) -> Result<Response, ApiError> {
+/// The operator's action as the history records it: who (the token's name), what, with what.
+fn operator(
+    caller: Option<Extension<Caller>>,
+    action: &'static str,
+    input: Option<Value>,
+) -> OperatorAction {
+    OperatorAction {
+        actor: caller.map_or_else(|| "anonymous".to_owned(), |Extension(c)| c.name),
+        action,
+        input,
+    }
+}
+
+async fn operate(
+    state: &ApiState,
+    id: &str,
+    input: Input,
+    operator: OperatorAction,
+) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found("saga_not_found", format!("no saga {id}"));
     let saga_id: SagaId = id.parse().map_err(|_| not_found())?;
     match state
         .engine
-        .command(saga_id, &input)
+        .command(saga_id, &input, &operator)
         .await
         .map_err(|e| ApiError::internal(&e))?
     {
         Ok(Some(saga)) => {
-            tracing::info!(saga_id = %saga.id, ?input, "operator command applied");
+            tracing::info!(saga_id = %saga.id, ?input, actor = %operator.actor, "operator command applied");
             Ok((StatusCode::ACCEPTED, axum::Json(SagaView::from(saga))).into_response())
         }
         Ok(None) => Err(not_found()),
@@ -746,9 +898,10 @@ async fn operate(state: &ApiState, id: &str, input: Input) -> Result<Response, A
 )]
 async fn cancel_saga(
     State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    operate(&state, &id, Input::Cancel).await
+    operate(&state, &id, Input::Cancel, operator(caller, "cancel", None)).await
 }
 
 /// Retry a `failed` saga: the compensation that could not finish, or the step parked after
@@ -766,9 +919,10 @@ async fn cancel_saga(
 )]
 async fn retry_saga(
     State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    operate(&state, &id, Input::Retry).await
+    operate(&state, &id, Input::Retry, operator(caller, "retry", None)).await
 }
 
 /// Whether a time can be a saga's creation time (years 1970 to 9999): anything else is a
@@ -831,7 +985,9 @@ async fn operate_many(
     filter: SagaFilter,
     input: Input,
     default_state: SagaState,
+    mut operator: OperatorAction,
 ) -> Result<axum::Json<BulkOutcome>, ApiError> {
+    operator.input = serde_json::to_value(&filter).ok();
     let keys = filter_keys(state.engine.registry(), filter.keys)?;
     let saga_state = parse_state(filter.state.as_deref())?.unwrap_or(default_state);
     let bound = filter.limit.unwrap_or(BULK_DEFAULT);
@@ -885,7 +1041,7 @@ async fn operate_many(
         outcome.matched += ids.len();
         for (_, result) in state
             .engine
-            .command_many(&ids, &input)
+            .command_many(&ids, &input, &operator)
             .await
             .map_err(|e| ApiError::internal(&e))?
         {
@@ -902,6 +1058,7 @@ async fn operate_many(
     }
     tracing::info!(
         ?input,
+        actor = %operator.actor,
         matched = outcome.matched,
         affected = outcome.affected,
         "bulk operator command"
@@ -923,9 +1080,11 @@ async fn operate_many(
 )]
 async fn cancel_sagas(
     State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
     ApiJson(filter): ApiJson<SagaFilter>,
 ) -> Result<axum::Json<BulkOutcome>, ApiError> {
-    operate_many(&state, filter, Input::Cancel, SagaState::Running).await
+    let operator = operator(caller, "bulk_cancel", None);
+    operate_many(&state, filter, Input::Cancel, SagaState::Running, operator).await
 }
 
 /// Retry every saga the filter matches (by default every `failed` one).
@@ -942,9 +1101,80 @@ async fn cancel_sagas(
 )]
 async fn retry_sagas(
     State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
     ApiJson(filter): ApiJson<SagaFilter>,
 ) -> Result<axum::Json<BulkOutcome>, ApiError> {
-    operate_many(&state, filter, Input::Retry, SagaState::Failed).await
+    let operator = operator(caller, "bulk_retry", None);
+    operate_many(&state, filter, Input::Retry, SagaState::Failed, operator).await
+}
+
+/// One step of a definition.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct DefinitionStep {
+    /// The step's action (`reward.grant`).
+    pub name: String,
+    /// Its compensating action (`reward.revoke`), if it has one.
+    pub compensation: Option<String>,
+    /// Whether it is the pivot: once it has started, nothing can be undone (no cancel).
+    pub pivot: bool,
+}
+
+/// A saga definition: one version of a saga type.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct DefinitionView {
+    /// The saga type.
+    #[serde(rename = "type")]
+    pub saga_type: String,
+    /// The version.
+    pub version: u32,
+    /// Whether new sagas of the type start with this version (running ones keep theirs).
+    pub latest: bool,
+    /// The forward steps, in order.
+    pub steps: Vec<DefinitionStep>,
+}
+
+/// Every saga definition.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct DefinitionList {
+    /// By type, then version.
+    pub items: Vec<DefinitionView>,
+}
+
+/// List the saga definitions: every type and version, with its steps.
+#[utoipa::path(
+    get,
+    path = "/v1/definitions",
+    responses(
+        (status = 200, description = "Every definition, by type then version", body = DefinitionList),
+    ),
+    tag = "sagas"
+)]
+async fn list_definitions(State(state): State<ApiState>) -> axum::Json<DefinitionList> {
+    let registry = state.engine.registry();
+    let items = registry
+        .all()
+        .map(|definition| {
+            let pivot = definition.pivot();
+            DefinitionView {
+                saga_type: definition.saga_type.to_owned(),
+                version: definition.version,
+                latest: registry
+                    .latest(definition.saga_type)
+                    .is_some_and(|latest| latest.version == definition.version),
+                steps: definition
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .map(|(index, step)| DefinitionStep {
+                        name: step.action.name().to_owned(),
+                        compensation: step.compensation.map(|c| c.name().to_owned()),
+                        pivot: pivot == Some(index),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    axum::Json(DefinitionList { items })
 }
 
 #[cfg(test)]
@@ -1008,6 +1238,10 @@ mod tests {
     #[serde(deny_unknown_fields)]
     #[allow(dead_code, reason = "only its derived documentation is compared")]
     struct SagaFilterBefore {
+        /// At most this many sagas in this call, newest first (1 to 5000, default 1000); `more`
+        /// in the answer says whether others match: call again.
+        #[schema(minimum = 1, maximum = 5000)]
+        limit: Option<usize>,
         /// Only sagas in this state (default: `running` for cancel, `failed` for retry).
         state: Option<String>,
         /// Only sagas of this type.

@@ -1,6 +1,14 @@
 //! The orchestrator process: configuration, start-up (schema, streams, consumer), the
-//! background loops (reply consumers, timer sweeper, outbox relay, inbox pruning) and the HTTP
-//! server, all stopped by one shutdown token.
+//! background loops (reply consumers, timer sweeper, outbox relay, inbox pruning, the waiters'
+//! subscription to saga announcements) and the HTTP server, all stopped by one shutdown token.
+//!
+//! Start-up is also recovery: every step timeout still armed is made due at once, so every
+//! command in flight is sent again immediately with its same command id (the workers' inboxes
+//! turn a command they already handled into a re-send of its stored reply), and the outbox
+//! relay's first pass publishes whatever a crash left in the outbox, whatever its age. Replies a
+//! killed process had pulled but not acknowledged come back only after the consumer's ack wait,
+//! but the re-sent commands' replies do not wait for that: sagas in flight move on within
+//! seconds of a restart, not after the step timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +31,7 @@ use crate::api::{self, ApiState};
 use crate::definition::{Policies, Registry};
 use crate::engine::{Engine, Received, ReplyOutcome};
 use crate::store::Store;
+use crate::watch::Watch;
 
 /// The orchestrator's configuration (`SAGA_*` environment variables).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -124,6 +133,7 @@ impl Orchestrator {
             registry,
             topology.clone(),
             publisher,
+            Watch::new(nats.clone(), &topology),
         );
         let readiness = Readiness::new(pool, js.clone(), topology.stream(Stream::Replies));
         let api = ApiState {
@@ -165,12 +175,24 @@ impl Orchestrator {
         self.readiness.clone()
     }
 
-    /// Starts the background loops on `tasks`; they stop at `shutdown`.
+    /// Starts the background loops on `tasks`; they stop at `shutdown`. First re-sends every
+    /// command in flight (see the module documentation).
     pub async fn spawn_background(
         &self,
         tasks: &mut JoinSet<()>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
+        tasks.spawn(self.engine.watch().clone().run(shutdown.clone()));
+        match self.engine.store().rearm_step_timeouts().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                commands = n,
+                "start-up: every command in flight is sent again now"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "start-up: re-arming the step timeouts failed; they fire when due")
+            }
+        }
         let consumer = runtime::jetstream::ensure_consumer(
             &self.js,
             &self.topology,

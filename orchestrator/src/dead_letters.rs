@@ -1,7 +1,8 @@
 //! The operator's view of the dead-letter stream: list what was parked (original subject,
-//! headers, payload, reason) and replay one to its original subject, which removes it from the
-//! stream. A replay publishes with `Nats-Msg-Id` = `replay:<sequence>`, so a double click within
-//! JetStream's de-duplication window replays once.
+//! headers, payload, reason), replay one to its original subject, which removes it from the
+//! stream, or discard one (remove it without publishing it anywhere). A replay publishes with
+//! `Nats-Msg-Id` = `replay:<sequence>`, so a double click within JetStream's de-duplication
+//! window replays once.
 
 use std::collections::BTreeMap;
 
@@ -153,6 +154,44 @@ pub async fn list_dead_letters(
         .then(|| items.last().map(|d| d.id))
         .flatten();
     Ok(axum::Json(DeadLetterPage { items, next_before }))
+}
+
+/// Discard a dead letter: remove it from the stream without publishing it anywhere.
+#[utoipa::path(
+    delete,
+    path = "/v1/dead-letters/{id}",
+    params(("id" = u64, Path, description = "The dead letter's id")),
+    responses(
+        (status = 204, description = "Discarded"),
+        (status = 404, description = "No such dead letter", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "JetStream did not answer", body = Problem, content_type = "application/problem+json"),
+    ),
+    tag = "dead-letters"
+)]
+pub async fn discard_dead_letter(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    use async_nats::jetstream::stream::DeleteMessageErrorKind;
+    let not_found = || ApiError::not_found("dead_letter_not_found", format!("no dead letter {id}"));
+    let sequence: u64 = id.parse().map_err(|_| not_found())?;
+    let stream = stream(&state).await?;
+    stream
+        .get_raw_message(sequence)
+        .await
+        .map_err(|_| not_found())?;
+    match stream.delete_message(sequence).await {
+        Ok(true) => {
+            tracing::info!(dead_letter = sequence, "dead letter discarded");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Ok(false) => Err(not_found()),
+        // removed meanwhile (a second discard, a replay)
+        Err(error) if matches!(error.kind(), DeleteMessageErrorKind::JetStream(_)) => {
+            Err(not_found())
+        }
+        Err(error) => Err(ApiError::unavailable("JetStream", &error)),
+    }
 }
 
 /// Publish a dead letter again on its original subject and remove it from the stream.

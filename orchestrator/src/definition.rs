@@ -242,6 +242,18 @@ impl SagaDefinition {
     pub fn step(&self, index: u16) -> Option<&StepDefinition> {
         self.steps.get(usize::from(index))
     }
+
+    /// The pivot: the first step after the last compensable one (the first step when none is
+    /// compensable). Once it has started, nothing the saga did can be undone. `None` when every
+    /// step is compensable.
+    pub fn pivot(&self) -> Option<usize> {
+        let first = self
+            .steps
+            .iter()
+            .rposition(|s| s.compensation.is_some())
+            .map_or(0, |last| last + 1);
+        (first < self.steps.len()).then_some(first)
+    }
 }
 
 /// Retry policies that configuration may override.
@@ -529,6 +541,11 @@ impl Registry {
             .iter()
             .find(|((t, v), _)| *t == saga_type && *v == version)
             .map(|(_, d)| d)
+    }
+
+    /// Every definition, by type, then version.
+    pub fn all(&self) -> impl Iterator<Item = &SagaDefinition> {
+        self.definitions.values()
     }
 
     /// The saga types known, newest version each.

@@ -1,8 +1,10 @@
-//! The engine: applies replies and fired timers to sagas through the state machine and turns
-//! the resulting effects into store changes (outbox rows, timers, the saga's search keys as its
-//! definition derives them). One transaction carries a whole batch; a version conflict or
-//! deadlock retries the batch with fresh state. It also records a span per step attempt, with the
-//! definition's search keys as span attributes.
+//! The engine: applies replies, fired timers and operator commands to sagas through the state
+//! machine and turns the resulting effects into store changes (outbox rows, timers, the saga's
+//! search keys as its definition derives them, its history entries). One transaction carries a
+//! whole batch; a version conflict or deadlock retries the batch with fresh state. After the
+//! commit it records metrics, announces every change of a saga's state to the waiters of every
+//! replica ([`crate::watch`]) and publishes the outbox. It also records a span per step attempt,
+//! with the definition's search keys as span attributes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,8 +19,10 @@ use runtime::outbox::{OutboxMessage, Publisher};
 use serde_json::Value;
 
 use crate::definition::{Registry, SagaDefinition};
+use crate::history::{HistoryEntry, OperatorAction};
 use crate::machine::{Effect, Ignored, Input, Saga, transition};
 use crate::store::{self, Change, Store, StoreError, Stored, TimerChange};
+use crate::watch::Watch;
 
 /// How often a batch is retried after a version conflict or deadlock.
 const TRANSIENT_RETRIES: usize = 8;
@@ -104,22 +108,31 @@ pub struct Engine {
     registry: Arc<Registry>,
     topology: Topology,
     publisher: Publisher,
+    watch: Watch,
 }
 
 impl Engine {
-    /// An engine over a store, the definitions, the topology and the outbox publisher.
+    /// An engine over a store, the definitions, the topology, the outbox publisher and the
+    /// announcements of state changes.
     pub fn new(
         store: Store,
         registry: Arc<Registry>,
         topology: Topology,
         publisher: Publisher,
+        watch: Watch,
     ) -> Self {
         Self {
             store,
             registry,
             topology,
             publisher,
+            watch,
         }
+    }
+
+    /// The announcements of state changes and their waiters.
+    pub fn watch(&self) -> &Watch {
+        &self.watch
     }
 
     /// The store.
@@ -142,13 +155,14 @@ impl Engine {
     }
 
     /// Turns a transition's effects into a store change, with the saga's search keys as its
-    /// definition derives them from its input and context.
+    /// definition derives them from its input and context, and its history entries.
     pub fn change(
         &self,
         before: Option<Stored>,
         after: Saga,
         effects: Vec<Effect>,
     ) -> Result<Change, serde_json::Error> {
+        let history = crate::history::derive(before.as_ref().map(|b| &b.saga), &after, &effects);
         let mut timer = TimerChange::default();
         let mut outbox = Vec::new();
         for effect in effects {
@@ -194,6 +208,7 @@ impl Engine {
             timer,
             outbox,
             search_keys,
+            history,
         })
     }
 
@@ -310,6 +325,7 @@ impl Engine {
         store::apply(&mut tx, &changes).await?;
         tx.commit().await?;
         changes.iter().for_each(crate::observe::record);
+        self.watch.announce(&changes).await;
         let outbox = changes.into_iter().flat_map(|c| c.outbox).collect();
         spans.into_iter().for_each(runtime::telemetry::record_span);
         let outcomes = outcomes
@@ -398,36 +414,41 @@ impl Engine {
         store::apply(&mut tx, &changes).await?;
         tx.commit().await?;
         changes.iter().for_each(crate::observe::record);
+        self.watch.announce(&changes).await;
         let outbox = changes.into_iter().flat_map(|c| c.outbox).collect();
         Ok((due.len(), outbox))
     }
 
-    /// Applies an operator's input (cancel, retry) to one saga. `Ok(Err(_))` says why the saga
-    /// refused it; `Ok(Ok(None))` that there is no such saga.
+    /// Applies an operator's input (cancel, retry) to one saga, recording the action in its
+    /// history. `Ok(Err(_))` says why the saga refused it; `Ok(Ok(None))` that there is no
+    /// such saga.
     pub async fn command(
         &self,
         id: SagaId,
         input: &Input,
+        operator: &OperatorAction,
     ) -> Result<Result<Option<Saga>, Ignored>, StoreError> {
-        let mut outcomes = self.command_many(&[id], input).await?;
+        let mut outcomes = self.command_many(&[id], input, operator).await?;
         Ok(outcomes
             .pop()
             .map_or(Ok(None), |(_, outcome)| outcome.map(Some)))
     }
 
     /// Applies an operator's input to many sagas, one transaction per chunk of 200 (retried on
-    /// conflicts), and publishes what they sent. Returns each found saga's outcome.
+    /// conflicts), and publishes what they sent. Every found saga's history records the action,
+    /// applied or refused. Returns each found saga's outcome.
     pub async fn command_many(
         &self,
         ids: &[SagaId],
         input: &Input,
+        operator: &OperatorAction,
     ) -> Result<Vec<(SagaId, Result<Saga, Ignored>)>, StoreError> {
         let mut outcomes = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(200) {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                match self.try_command(chunk, input).await {
+                match self.try_command(chunk, input, operator).await {
                     Ok((chunk_outcomes, outbox)) => {
                         if let Err(error) = self.publisher.publish(&outbox).await {
                             tracing::warn!(%error, "publishing after commit failed; the relay will retry");
@@ -448,52 +469,61 @@ impl Engine {
         &self,
         ids: &[SagaId],
         input: &Input,
+        operator: &OperatorAction,
     ) -> Result<(Vec<(SagaId, Result<Saga, Ignored>)>, Vec<OutboxMessage>), StoreError> {
         let mut tx = self.store.begin().await?;
         let loaded = store::load_many(&mut tx, ids).await?;
         let now = Utc::now();
         let mut outcomes = Vec::with_capacity(ids.len());
         let mut changes = Vec::new();
+        let mut refused: Vec<(SagaId, HistoryEntry)> = Vec::new();
         for id in ids {
             let Some(stored) = loaded.get(id) else {
                 continue;
             };
             let Some(definition) = self.definition(&stored.saga) else {
                 outcomes.push((*id, Err(Ignored::Mismatch)));
+                refused.push((*id, operator.entry(now, Ignored::Mismatch.code())));
                 continue;
             };
             match transition(definition, &stored.saga, input, now) {
                 Ok(next) => {
                     let saga = next.saga.clone();
-                    if saga != stored.saga {
-                        let change = self
-                            .change(Some(stored.clone()), next.saga, next.effects)
-                            .map_err(|e| StoreError::Corrupt(id.0, e.to_string()))?;
-                        changes.push(change);
-                    }
+                    let mut change = self
+                        .change(Some(stored.clone()), next.saga, next.effects)
+                        .map_err(|e| StoreError::Corrupt(id.0, e.to_string()))?;
+                    change.history.insert(0, operator.entry(now, "applied"));
+                    changes.push(change);
                     outcomes.push((*id, Ok(saga)));
                 }
-                Err(ignored) => outcomes.push((*id, Err(ignored))),
+                Err(ignored) => {
+                    refused.push((*id, operator.entry(now, ignored.code())));
+                    outcomes.push((*id, Err(ignored)));
+                }
             }
         }
         store::apply(&mut tx, &changes).await?;
+        Store::record_history(&mut tx, &refused).await?;
         tx.commit().await?;
         changes.iter().for_each(crate::observe::record);
+        self.watch.announce(&changes).await;
         let outbox = changes.into_iter().flat_map(|c| c.outbox).collect();
         Ok((outcomes, outbox))
     }
 
-    /// Creates and starts a saga; with an idempotency key already used, returns the saga it
-    /// created instead (`Err`). Publishes the first command after commit.
+    /// Creates and starts saga `id` (drawn by the caller, so that it can wait for the saga
+    /// before it exists); with an idempotency key already used, returns the saga it created
+    /// instead (`Err`). Publishes the first command after commit.
     pub async fn start(
         &self,
+        id: SagaId,
         definition: &SagaDefinition,
         input: serde_json::Map<String, Value>,
         idempotency: Option<(&str, &[u8])>,
         trace: (String, String),
     ) -> Result<Result<Saga, store::KeyedSaga>, StoreError> {
         let now = Utc::now();
-        let mut saga = Saga::new(definition, SagaId::new(), input, now);
+        let mut saga = Saga::new(definition, id, input, now);
         saga.trace_id = Some(trace.0);
         saga.trace_root_span = Some(trace.1);
         let started = transition(definition, &saga, &Input::Start, now)
@@ -506,6 +536,7 @@ impl Engine {
         match self.store.create(change, idempotency).await? {
             Ok(()) => {
                 crate::observe::record(&observed);
+                self.watch.announce(std::slice::from_ref(&observed)).await;
                 if let Err(error) = self.publisher.publish(&outbox).await {
                     tracing::warn!(%error, "publishing the first command failed; the relay will retry");
                 }

@@ -411,6 +411,19 @@ pub enum Ignored {
     NotFailed,
 }
 
+impl Ignored {
+    /// The stable code an operator sees when a saga refuses a command for this reason.
+    pub fn code(self) -> &'static str {
+        match self {
+            Ignored::Terminal(_) => "saga_terminal",
+            Ignored::AlreadyCompensating => "saga_compensating",
+            Ignored::PastPivot => "saga_past_pivot",
+            Ignored::NotFailed => "saga_not_failed",
+            Ignored::AlreadyStarted | Ignored::Stale | Ignored::Mismatch => "saga_conflict",
+        }
+    }
+}
+
 /// Applies `input` to `saga` under `definition` at time `now`.
 pub fn transition(
     definition: &SagaDefinition,
@@ -664,19 +677,16 @@ impl Machine<'_> {
         self.compensate_next();
     }
 
-    /// Whether a step after the last compensable one has started: from then on nothing can
-    /// be undone.
+    /// Whether the pivot or a step after it has started: from then on nothing can be undone.
     fn past_pivot(&self) -> bool {
-        let pivot = self
-            .definition
-            .steps
-            .iter()
-            .rposition(|s| s.compensation.is_some());
+        let Some(pivot) = self.definition.pivot() else {
+            return false;
+        };
         self.saga
             .steps
             .iter()
             .enumerate()
-            .any(|(i, s)| pivot.is_none_or(|p| i > p) && s.state != StepState::Pending)
+            .any(|(i, s)| i >= pivot && s.state != StepState::Pending)
     }
 
     fn stop(&mut self, reason: StopReason) -> Result<(), Ignored> {

@@ -1,8 +1,10 @@
 //! All SQL of the orchestrator: loading sagas, writing their changes (version-checked), timers,
-//! the reply inbox, idempotency keys and the list queries of the API. Writes are batched with
-//! `UNNEST` so that one transaction carries the changes of many sagas. A saga's search keys
-//! (what its definition says it can be found by) are one `jsonb` column, written with every
-//! change and matched with `@>`, so the store names no field of any particular saga.
+//! the reply inbox, idempotency keys, the saga history and the list queries of the API. Writes
+//! are batched with `UNNEST` so that one transaction carries the changes of many sagas, their
+//! history entries included. A saga's search keys (what its definition says it can be found by)
+//! are one `jsonb` column, written with every change and matched with `@>`, so the store names
+//! no field of any particular saga. Every read is counted in [`STORE_READS`] by query, so that
+//! what a caller costs the database shows in the metrics.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -14,7 +16,18 @@ use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::history::{HistoryEntry, HistoryKind};
 use crate::machine::{CompensationRecord, Saga, SagaState, StepRecord, Timer, TimerKind, label};
+
+/// Reads of the orchestrator's store, by `query`: `saga` (one saga by id: the API, the page),
+/// `load` (sagas an engine transaction moves), `list`, `idempotency_key`, `history`,
+/// `due_timers` and `activity` (the background loops).
+pub const STORE_READS: &str = "saga_store_reads_total";
+
+/// Counts one read of `query`.
+fn read(query: &'static str) {
+    metrics::counter!(STORE_READS, "query" => query).increment(1);
+}
 
 /// A saga as stored, with the version its next write must match.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,6 +75,8 @@ pub struct Change {
     /// The saga's search keys after the change, by name (its definition's
     /// [`crate::definition::SagaDefinition::search_values`]).
     pub search_keys: BTreeMap<String, String>,
+    /// What the change adds to the saga's history, in order.
+    pub history: Vec<HistoryEntry>,
 }
 
 /// Errors of the store.
@@ -219,12 +234,14 @@ impl Store {
 
     /// One saga.
     pub async fn get(&self, id: SagaId) -> Result<Option<Stored>, StoreError> {
+        read("saga");
         let mut conn = self.pool.acquire().await?;
-        Ok(load_many(&mut conn, &[id]).await?.remove(&id))
+        Ok(load_rows(&mut conn, &[id]).await?.remove(&id))
     }
 
     /// The saga an idempotency key created, if any.
     pub async fn find_key(&self, key: &str) -> Result<Option<KeyedSaga>, StoreError> {
+        read("idempotency_key");
         let row: Option<(Uuid, Option<Vec<u8>>)> =
             sqlx::query_as("SELECT id, request_hash FROM sagas WHERE idempotency_key = $1")
                 .bind(key)
@@ -238,6 +255,7 @@ impl Store {
 
     /// Newest first, keyset-paged.
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Saga>, StoreError> {
+        read("list");
         let (after_at, after_id) = filter
             .after
             .map_or((None, None), |(at, id)| (Some(at), Some(id)));
@@ -341,6 +359,7 @@ impl Store {
         conn: &mut PgConnection,
         limit: i64,
     ) -> Result<Vec<(SagaId, Timer, Duration)>, StoreError> {
+        read("due_timers");
         let rows: Vec<(Uuid, String, i16, String, i32, f64)> = sqlx::query_as(
             "SELECT saga_id, kind, step_index, phase, attempt, \
                     extract(epoch FROM clock_timestamp() - due_at)::float8 \
@@ -389,6 +408,7 @@ impl Store {
     /// How many sagas are running, compensating and failed, and how long ago the least
     /// recently changed running or compensating saga changed.
     pub async fn activity(&self) -> Result<(Vec<(String, i64)>, f64), StoreError> {
+        read("activity");
         let counts: Vec<(String, i64)> = sqlx::query_as(
             "SELECT s.state, (SELECT count(*) FROM sagas WHERE state = s.state::saga_state) \
              FROM UNNEST(ARRAY['running', 'compensating', 'failed']) AS s(state)",
@@ -413,10 +433,169 @@ impl Store {
                 .await?;
         Ok(done.rows_affected())
     }
+
+    /// Makes every armed step timeout (the wait for a reply to a command in flight) due now,
+    /// so that every command in flight is sent again at once with its same command id: at
+    /// start-up, after a crash, when replies may have been lost with the process that pulled
+    /// them. Returns how many were re-armed.
+    pub async fn rearm_step_timeouts(&self) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("UPDATE timers SET due_at = now() WHERE kind = $1 AND due_at > now()")
+                .bind(label(&TimerKind::StepTimeout))
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// A page of a saga's history after entry `after` (0: from the start), oldest first, each
+    /// entry with its id (the cursor of the next page); `None` when there is no such saga.
+    pub async fn history(
+        &self,
+        id: SagaId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Option<Vec<(i64, HistoryEntry)>>, StoreError> {
+        read("history");
+        #[allow(clippy::type_complexity, reason = "one row of the history table")]
+        let rows: Vec<(
+            i64,
+            DateTime<Utc>,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<i32>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<Value>,
+        )> = sqlx::query_as(
+            "SELECT id, at, kind, step, phase, attempt, outcome, error, actor, action, input \
+             FROM saga_history WHERE saga_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(id.0)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sagas WHERE id = $1)")
+                    .bind(id.0)
+                    .fetch_one(&self.pool)
+                    .await?;
+            if !exists {
+                return Ok(None);
+            }
+        }
+        rows.into_iter()
+            .map(
+                |(row, at, kind, step, phase, attempt, outcome, error, actor, action, input)| {
+                    let kind = HistoryKind::parse(&kind)
+                        .ok_or_else(|| StoreError::Corrupt(id.0, format!("history kind {kind}")))?;
+                    Ok((
+                        row,
+                        HistoryEntry {
+                            at,
+                            kind,
+                            step,
+                            phase,
+                            attempt: attempt.and_then(|a| u32::try_from(a).ok()),
+                            outcome,
+                            error,
+                            actor,
+                            action,
+                            input,
+                        },
+                    ))
+                },
+            )
+            .collect::<Result<Vec<_>, StoreError>>()
+            .map(Some)
+    }
+
+    /// Appends history entries that come with no change of their saga (an operator command
+    /// the saga refused), inside `conn`'s transaction.
+    pub async fn record_history(
+        conn: &mut PgConnection,
+        entries: &[(SagaId, HistoryEntry)],
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut columns = HistoryColumns::default();
+        for (id, entry) in entries {
+            columns.push(id.0, entry);
+        }
+        sqlx::query(
+            "INSERT INTO saga_history (saga_id, at, kind, step, phase, attempt, outcome, error, \
+                                       actor, action, input) \
+             SELECT saga_id, at, kind, step, phase, attempt, outcome, error, actor, action, input \
+             FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], \
+                         $6::int4[], $7::text[], $8::text[], $9::text[], $10::text[], $11::jsonb[]) \
+                  WITH ORDINALITY AS h(saga_id, at, kind, step, phase, attempt, outcome, error, \
+                                       actor, action, input, n) \
+             ORDER BY n",
+        )
+        .bind(&columns.saga)
+        .bind(&columns.at)
+        .bind(&columns.kind)
+        .bind(&columns.step)
+        .bind(&columns.phase)
+        .bind(&columns.attempt)
+        .bind(&columns.outcome)
+        .bind(&columns.error)
+        .bind(&columns.actor)
+        .bind(&columns.action)
+        .bind(&columns.input)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The columns of history entries, for an `UNNEST` insert.
+#[derive(Default)]
+struct HistoryColumns {
+    saga: Vec<Uuid>,
+    at: Vec<DateTime<Utc>>,
+    kind: Vec<&'static str>,
+    step: Vec<Option<String>>,
+    phase: Vec<Option<String>>,
+    attempt: Vec<Option<i32>>,
+    outcome: Vec<Option<String>>,
+    error: Vec<Option<String>>,
+    actor: Vec<Option<String>>,
+    action: Vec<Option<String>>,
+    input: Vec<Option<Value>>,
+}
+
+impl HistoryColumns {
+    fn push(&mut self, saga: Uuid, entry: &HistoryEntry) {
+        self.saga.push(saga);
+        self.at.push(entry.at);
+        self.kind.push(entry.kind.as_str());
+        self.step.push(entry.step.clone());
+        self.phase.push(entry.phase.clone());
+        self.attempt.push(entry.attempt.map(int));
+        self.outcome.push(entry.outcome.clone());
+        self.error.push(entry.error.clone());
+        self.actor.push(entry.actor.clone());
+        self.action.push(entry.action.clone());
+        self.input.push(entry.input.clone());
+    }
 }
 
 /// Loads sagas by id (one round trip).
 pub async fn load_many(
+    conn: &mut PgConnection,
+    ids: &[SagaId],
+) -> Result<HashMap<SagaId, Stored>, StoreError> {
+    read("load");
+    load_rows(conn, ids).await
+}
+
+async fn load_rows(
     conn: &mut PgConnection,
     ids: &[SagaId],
 ) -> Result<HashMap<SagaId, Stored>, StoreError> {
@@ -433,8 +612,8 @@ pub async fn load_many(
 }
 
 /// Writes changes of existing sagas: version-checked saga rows, changed steps and
-/// compensations, timers and outbox rows, in one statement. A concurrent change fails the
-/// whole batch with [`StoreError::Conflict`].
+/// compensations, timers, outbox rows and history entries, in one statement. A concurrent
+/// change fails the whole batch with [`StoreError::Conflict`].
 pub async fn apply(conn: &mut PgConnection, changes: &[Change]) -> Result<(), StoreError> {
     if changes.is_empty() {
         return Ok(());
@@ -468,6 +647,7 @@ struct Batch {
     steps: StepColumns,
     comps: StepColumns,
     outbox: Vec<OutboxMessage>,
+    history: HistoryColumns,
 }
 
 #[derive(Default)]
@@ -553,6 +733,9 @@ impl Batch {
                 s.retry_base.push(int(c.retry_base));
             }
             b.outbox.extend(change.outbox.iter().cloned());
+            for entry in &change.history {
+                b.history.push(id, entry);
+            }
         }
         b
     }
@@ -612,7 +795,16 @@ async fn write(conn: &mut PgConnection, changes: &[Change]) -> Result<usize, Sto
                 finished_at = excluded.finished_at, last_error = excluded.last_error, \
                 run_order = excluded.run_order, retry_base = excluded.retry_base), \
          queued AS (INSERT INTO outbox (id, subject, headers, payload) \
-             SELECT * FROM UNNEST($34::uuid[], $35::text[], $36::jsonb[], $37::bytea[])) \
+             SELECT * FROM UNNEST($34::uuid[], $35::text[], $36::jsonb[], $37::bytea[])), \
+         logged AS (INSERT INTO saga_history (saga_id, at, kind, step, phase, attempt, outcome, \
+                error, actor, action, input) \
+             SELECT saga_id, at, kind, step, phase, attempt, outcome, error, actor, action, input \
+             FROM UNNEST($39::uuid[], $40::timestamptz[], $41::text[], $42::text[], $43::text[], \
+                         $44::int4[], $45::text[], $46::text[], $47::text[], $48::text[], \
+                         $49::jsonb[]) \
+                  WITH ORDINALITY AS h(saga_id, at, kind, step, phase, attempt, outcome, error, \
+                                       actor, action, input, n) \
+             ORDER BY n) \
          SELECT count(*) FROM moved",
     )
     .bind(&b.cleared)
@@ -653,6 +845,17 @@ async fn write(conn: &mut PgConnection, changes: &[Change]) -> Result<usize, Sto
     .bind(&outbox_headers)
     .bind(&outbox_payloads)
     .bind(&b.saga_keys)
+    .bind(&b.history.saga)
+    .bind(&b.history.at)
+    .bind(&b.history.kind)
+    .bind(&b.history.step)
+    .bind(&b.history.phase)
+    .bind(&b.history.attempt)
+    .bind(&b.history.outcome)
+    .bind(&b.history.error)
+    .bind(&b.history.actor)
+    .bind(&b.history.action)
+    .bind(&b.history.input)
     .fetch_one(conn)
     .await?;
     Ok(usize::try_from(written).unwrap_or(0))

@@ -1,9 +1,12 @@
-//! The saga page: a server-rendered view for operators, with no script and nothing loaded from
-//! elsewhere, so that it works offline. `/ui` lists sagas (filters by state, type and every
-//! search key the definitions declare, such as customer and mission, each also a column; it
-//! refreshes itself every 5 s), `/ui/sagas/{id}` shows one saga's timeline: a lane of forward
-//! steps and a lane of compensations, each with its attempts, errors and durations, and a link
-//! to the saga's trace built from `SAGA_TRACE_URL_TEMPLATE`.
+//! The saga page: a server-rendered view for operators, with nothing loaded from elsewhere, so
+//! that it works offline. `/ui` lists sagas (filters by state, type and every search key the
+//! definitions declare, such as customer and mission, each also a column; it refreshes itself
+//! every 5 s), `/ui/sagas/{id}` shows one saga's timeline: a lane of forward steps and a lane of
+//! compensations, each with its attempts, errors and durations, and a link to the saga's trace
+//! built from `SAGA_TRACE_URL_TEMPLATE`. While the saga is not terminal, its page follows it
+//! live: one small script served from here (`/ui/assets/live.js`, allowed by the page's
+//! `script-src 'self'`) listens to `/v1/sagas/{id}/events` and shows the page again when the
+//! saga's state changes; without script the page refreshes itself every 5 s instead.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -30,12 +33,49 @@ pub struct UiState {
     pub trace_url_template: String,
 }
 
-/// `/ui` and `/ui/sagas/{id}`.
+/// `/ui`, `/ui/sagas/{id}` and the page's script.
 pub fn router(state: UiState) -> Router {
     Router::new()
         .route("/ui", get(list))
         .route("/ui/sagas/{id}", get(detail))
+        .route("/ui/assets/live.js", get(live_script))
         .with_state(state)
+}
+
+/// The script of a saga's page: follows the saga's events and shows the page again when its
+/// state changes; stops listening once the saga is terminal.
+const LIVE_JS: &str = r#"// Follows the saga shown on this page (its server-sent events) and shows the page again when
+// the saga's state changes. Served by the orchestrator: the page loads nothing from elsewhere.
+(function () {
+  "use strict";
+  var page = document.getElementById("saga");
+  if (!page || !window.EventSource) { return; }
+  var shown = page.getAttribute("data-state");
+  var terminal = ["completed", "compensated", "failed", "cancelled"];
+  var status = document.getElementById("live");
+  var events = new EventSource("/v1/sagas/" + encodeURIComponent(page.getAttribute("data-saga-id")) + "/events");
+  events.onopen = function () { if (status) { status.textContent = "live"; } };
+  events.onerror = function () { if (status) { status.textContent = "reconnecting…"; } };
+  events.addEventListener("saga", function (event) {
+    var saga;
+    try { saga = JSON.parse(event.data); } catch (e) { return; }
+    if (terminal.indexOf(saga.state) >= 0) { events.close(); }
+    if (saga.state !== shown) { window.location.reload(); }
+  });
+})();
+"#;
+
+async fn live_script() -> impl axum::response::IntoResponse {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/javascript; charset=utf-8",
+            ),
+            (axum::http::header::CACHE_CONTROL, "max-age=300"),
+        ],
+        LIVE_JS,
+    )
 }
 
 fn escape(text: &str) -> String {
@@ -64,11 +104,25 @@ border-radius:6px;padding:10px;min-width:170px}.box h3{margin:0 0 6px;font-size:
 font-size:12px;max-width:260px;overflow-wrap:anywhere}.muted{color:#6b7383;font-size:12px}\
 form{margin:12px 0}input,select{padding:4px;margin-right:6px}";
 
-fn page(title: &str, body: &str, refresh: bool) -> Html<String> {
-    let refresh = if refresh {
-        "<meta http-equiv=\"refresh\" content=\"5\">"
-    } else {
-        ""
+/// How a page keeps itself current.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refresh {
+    /// It does not (a terminal saga, a missing one).
+    Never,
+    /// It loads itself again every 5 s.
+    Every5s,
+    /// Its script follows the saga's events; without script, every 5 s.
+    Live,
+}
+
+fn page(title: &str, body: &str, refresh: Refresh) -> Html<String> {
+    let refresh = match refresh {
+        Refresh::Never => "",
+        Refresh::Every5s => "<meta http-equiv=\"refresh\" content=\"5\">",
+        Refresh::Live => {
+            "<script src=\"/ui/assets/live.js\" defer></script>\
+             <noscript><meta http-equiv=\"refresh\" content=\"5\"></noscript>"
+        }
     };
     Html(format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{refresh}\
@@ -130,7 +184,11 @@ async fn list(
             tracing::warn!(%error, "saga page: listing failed");
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                page("Sagas", "<p>The saga store did not answer.</p>", true),
+                page(
+                    "Sagas",
+                    "<p>The saga store did not answer.</p>",
+                    Refresh::Every5s,
+                ),
             );
         }
     };
@@ -194,7 +252,7 @@ async fn list(
         );
     }
     body.push_str("</table>");
-    (StatusCode::OK, page("Sagas", &body, true))
+    (StatusCode::OK, page("Sagas", &body, Refresh::Every5s))
 }
 
 async fn detail(State(ui): State<UiState>, Path(id): Path<String>) -> (StatusCode, Html<String>) {
@@ -207,7 +265,7 @@ async fn detail(State(ui): State<UiState>, Path(id): Path<String>) -> (StatusCod
                     "<h1>No saga {}</h1><p><a href=\"/ui\">All sagas</a></p>",
                     escape(&id)
                 ),
-                false,
+                Refresh::Never,
             ),
         )
     };
@@ -221,16 +279,27 @@ async fn detail(State(ui): State<UiState>, Path(id): Path<String>) -> (StatusCod
             tracing::warn!(%error, "saga page: reading a saga failed");
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                page("Saga", "<p>The saga store did not answer.</p>", true),
+                page(
+                    "Saga",
+                    "<p>The saga store did not answer.</p>",
+                    Refresh::Every5s,
+                ),
             );
         }
     };
     let view = SagaView::from(stored.saga);
     let terminal = SagaState::parse(&view.state).is_some_and(SagaState::is_terminal);
     let mut body = format!(
-        "<p><a href=\"/ui\">All sagas</a></p><h1>Saga {id} {badge}</h1>\
-         <p class=\"muted\">{ty} v{version} · created {created} · updated {updated}{stop}</p>",
+        "<p><a href=\"/ui\">All sagas</a></p>\
+         <h1 id=\"saga\" data-saga-id=\"{id}\" data-state=\"{state}\">Saga {id} {badge}</h1>\
+         <p class=\"muted\">{ty} v{version} · created {created} · updated {updated}{stop}{live}</p>",
         id = view.id,
+        state = escape(&view.state),
+        live = if terminal {
+            ""
+        } else {
+            " · <span id=\"live\">follows the saga</span>"
+        },
         badge = badge(&view.state),
         ty = escape(&view.saga_type),
         version = view.definition_version,
@@ -309,7 +378,15 @@ async fn detail(State(ui): State<UiState>, Path(id): Path<String>) -> (StatusCod
     body.push_str("</table>");
     (
         StatusCode::OK,
-        page(&format!("Saga {}", view.id), &body, !terminal),
+        page(
+            &format!("Saga {}", view.id),
+            &body,
+            if terminal {
+                Refresh::Never
+            } else {
+                Refresh::Live
+            },
+        ),
     )
 }
 

@@ -1,8 +1,9 @@
 //! The transactional outbox of a service: messages are written in the same PostgreSQL
 //! transaction as the state change that caused them, published after commit with
 //! `Nats-Msg-Id` = outbox id (so JetStream drops a second publish of the same row), and deleted
-//! only once JetStream acknowledged them. The relay re-publishes what a crash left behind;
-//! replicas share the work with `FOR UPDATE SKIP LOCKED`.
+//! only once JetStream acknowledged them. The relay re-publishes what a crash left behind: its
+//! first pass, at start-up, publishes every row whatever its age (rows left by the crash must
+//! not wait for the relay's minimum age); replicas share the work with `FOR UPDATE SKIP LOCKED`.
 //!
 //! Every service's migrations create the same `outbox` table in its own schema.
 
@@ -136,23 +137,47 @@ impl Publisher {
         }
     }
 
-    /// Re-publishes rows older than `min_age` until `shutdown`, every `interval`; at shutdown
-    /// it flushes whatever is still in the outbox, whatever its age.
+    /// Re-publishes rows older than `min_age` until `shutdown`, every `interval`. At start-up
+    /// and at shutdown it flushes whatever is in the outbox, whatever its age: at start-up those
+    /// are the rows a crash left behind (a row a live replica is publishing meanwhile is
+    /// published twice, and JetStream drops the copy).
     pub async fn run_relay(
         &self,
         shutdown: CancellationToken,
         interval: Duration,
         min_age: Duration,
     ) {
+        const PASS: i64 = 500;
+        let mut flushed = 0;
         loop {
-            match self.relay_once(min_age, 500).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(published = n, "outbox relay re-published rows"),
-                Err(error) => tracing::warn!(%error, "outbox relay pass failed"),
+            match self.relay_once(Duration::ZERO, PASS).await {
+                Ok(n) => {
+                    flushed += n;
+                    if i64::try_from(n).unwrap_or(i64::MAX) < PASS || shutdown.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "outbox relay: the start-up pass failed");
+                    break;
+                }
             }
+        }
+        if flushed > 0 {
+            tracing::info!(
+                published = flushed,
+                "outbox relay: published what was left at start-up"
+            );
+        }
+        loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(interval) => {}
+            }
+            match self.relay_once(min_age, PASS).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(published = n, "outbox relay re-published rows"),
+                Err(error) => tracing::warn!(%error, "outbox relay pass failed"),
             }
         }
         match self.relay_once(Duration::ZERO, 10_000).await {
