@@ -5,7 +5,8 @@
 //! - `mypage-worker rebuild`: starts a rebuild of the view (or joins the running one), replays
 //!   until reads switch to the new generation, and exits; running workers keep serving reads
 //!   meanwhile, and replay alongside;
-//! - `mypage-worker migrate`: creates and migrates the view's store, and exits.
+//! - `mypage-worker migrate` (or `SAGA_MIGRATE_ONLY=true`, as every service binary): creates
+//!   and migrates the view's store, and exits, without NATS.
 //!
 //! Its routes are served behind the runtime's edge, like every worker's: an API token
 //! (`SAGA_API_TOKENS` or `SAGA_API_TOKENS_FILE`) with the `game` or `read` scope reads, with
@@ -31,7 +32,10 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let settings: MypageSettings = runtime::config::load()?;
-    let command = std::env::args().nth(1);
+    let mut command = std::env::args().nth(1);
+    if settings.infra.migrate_only {
+        command = Some("migrate".into());
+    }
     match command.as_deref() {
         None | Some("serve") => serve(&settings).await,
         Some("rebuild") => {

@@ -28,6 +28,11 @@ use crate::runtime::events::{Sorted, sort};
 /// The name the projection goes by in dead letters and metrics.
 pub const CONSUMER: &str = "mypage";
 
+/// The longest pull request: the server's idle heartbeats come every half of it, and two
+/// missed ones (a restarted NATS server lost the ephemeral consumer) make the client recreate
+/// the consumer where it stopped, within about this long.
+pub const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
 /// One message of the feed.
 #[derive(Debug)]
 pub struct FeedItem {
@@ -100,6 +105,7 @@ pub enum FeedError {
 /// An ordered feed of `DOMAIN_EVT`.
 pub struct Feed {
     messages: Ordered,
+    deferred: Option<FeedError>,
 }
 
 impl Feed {
@@ -129,17 +135,24 @@ impl Feed {
             .create_consumer(OrderedConfig {
                 deliver_policy,
                 description: Some(format!("{CONSUMER} projection")),
+                max_expires: PULL_EXPIRES,
                 ..Default::default()
             })
             .await
             .map_err(|e| open(e.to_string()))?;
         let messages = consumer.messages().await.map_err(|e| open(e.to_string()))?;
-        Ok(Self { messages })
+        Ok(Self {
+            messages,
+            deferred: None,
+        })
     }
 
     /// The next chunk: waits up to `idle` for a first message (`None` if none came), then
     /// takes whatever else is ready, up to `max` messages.
     pub async fn next(&mut self, max: usize, idle: Duration) -> Result<Option<Chunk>, FeedError> {
+        if let Some(error) = self.deferred.take() {
+            return Err(error);
+        }
         let first = match tokio::time::timeout(idle, self.messages.next()).await {
             Err(_) => return Ok(None),
             Ok(None) => return Err(FeedError::Ended),
@@ -149,18 +162,25 @@ impl Feed {
         let mut items = Vec::with_capacity(max.min(64));
         let mut pending = pending_after(&first);
         items.push(FeedItem::of(&first).ok_or_else(without_metadata)?);
-        while items.len() < max && pending > 0 {
+        // Whatever else has arrived meanwhile joins the chunk: under load, chunks grow with the
+        // time the previous one took to apply, so the projection keeps up with one transaction
+        // per chunk.
+        while items.len() < max {
             match self.messages.next().now_or_never() {
                 Some(Some(Ok(message))) => {
                     pending = pending_after(&message);
                     items.push(FeedItem::of(&message).ok_or_else(without_metadata)?);
                 }
                 Some(Some(Err(error))) => {
-                    // Hand over what came; the error comes back on the next call.
-                    tracing::debug!(%error, "feed error after a partial chunk");
+                    // Hand over what came; the error is answered by the next call.
+                    self.deferred = Some(FeedError::Broken(error.to_string()));
                     break;
                 }
-                Some(None) | None => break,
+                Some(None) => {
+                    self.deferred = Some(FeedError::Ended);
+                    break;
+                }
+                None => break,
             }
         }
         Ok(Some(Chunk {

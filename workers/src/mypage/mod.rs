@@ -35,6 +35,15 @@
 //! order, each message once, whatever loops run, crash, restart or race (any number of
 //! replicas may run the live loop; they serialize on the lock and skip what another applied).
 //!
+//! Why an ordered feed positioned by the store, and not the runtime's durable consumer
+//! ([`crate::runtime::events::run`]): "a message at or below the last applied sequence changes
+//! nothing" is only safe if nothing after a message can be applied before it. A durable
+//! consumer redelivers a NAKed message, or one whose ack wait expired after a crash, *after*
+//! later ones (and splits messages between replicas), so the watermark would drop it for good.
+//! The store holds the position instead, in the transaction of the rows, and a feed opened
+//! there never skips. The message sorting (known, unknown, garbage), the dead-letter headers
+//! and the skip and apply counters are the runtime's.
+//!
 //! # Rebuild and hand-over
 //!
 //! `POST /v1/mypages/rebuild` (or `mypage-worker rebuild`) creates generation *g+1*
@@ -112,8 +121,9 @@ pub struct MypageSettings {
     /// secret: never serialized, never shown by `Debug`.
     #[serde(default, skip_serializing)]
     pub mypage_database_url: Option<SecretString>,
-    /// Connections of the view's pool (`SAGA_MYPAGE_DATABASE_MAX_CONNECTIONS`): reads under
-    /// load need more than a worker's.
+    /// Connections of the view's read pool (`SAGA_MYPAGE_DATABASE_MAX_CONNECTIONS`): a few per
+    /// database core serve a crowd of readers best (more only take the database's time from
+    /// the projection, whose own pool has [`PROJECTION_CONNECTIONS`]).
     pub mypage_database_max_connections: u32,
     /// Messages applied per transaction at most (`SAGA_MYPAGE_BATCH`).
     pub mypage_batch: usize,
@@ -124,7 +134,7 @@ impl Default for MypageSettings {
         Self {
             infra: runtime::config::Infrastructure::default(),
             mypage_database_url: None,
-            mypage_database_max_connections: 32,
+            mypage_database_max_connections: 8,
             mypage_batch: 500,
         }
     }
@@ -148,56 +158,83 @@ impl MypageSettings {
 /// The Mypage worker: the view's store, the live projection, rebuilds and the HTTP API.
 #[derive(Clone)]
 pub struct MypageWorker {
+    reads: Store,
     projection: Arc<Projection>,
     rebuilds: Rebuilds,
     readiness: health::Readiness,
 }
 
+/// Connections of the projection's own pool: the live loop, a rebuild loop, the supervisor and
+/// the gauges. Reads have their own pool, so that a crowd of readers never delays the
+/// projection's transactions.
+pub const PROJECTION_CONNECTIONS: u32 = 4;
+
 impl MypageWorker {
-    /// Connects: the view's store (created and migrated), NATS, the streams.
+    /// Connects: the view's store (created and migrated; one pool for reads, one for the
+    /// projection), NATS, the streams.
     pub async fn connect(settings: &MypageSettings) -> anyhow::Result<Self> {
-        let store = Store::connect(
-            settings.database_url(),
-            settings.mypage_database_max_connections,
-        )
-        .await
-        .with_context(|| format!("the Mypage store at {}", settings.database_url_redacted()))?;
-        let nats = runtime::jetstream::connect(&settings.infra.nats_url, "worker-mypage")
+        let url = settings.database_url();
+        let store = |connections| async move {
+            Store::connect(url, connections).await.with_context(|| {
+                format!("the Mypage store at {}", settings.database_url_redacted())
+            })
+        };
+        let reads = store(settings.mypage_database_max_connections).await?;
+        let writes = store(PROJECTION_CONNECTIONS).await?;
+        let nats = runtime::jetstream::connect(&settings.infra, "worker-mypage")
             .await
             .with_context(|| format!("NATS at {}", settings.infra.nats_url))?;
         let js = jetstream::new(nats);
         let topology = Topology::new(&settings.infra.nats_prefix);
         runtime::jetstream::ensure_streams(&js, &topology, settings.infra.nats_replicas).await?;
-        tracing::info!(store = store.backend().as_str(), "Mypage store ready");
-        Ok(Self::new(store, js, topology, settings.mypage_batch))
+        tracing::info!(store = reads.backend().as_str(), "Mypage store ready");
+        Ok(Self::new(writes, js, topology, settings.mypage_batch).with_reads(reads))
     }
 
-    /// A worker over a connected store and JetStream.
+    /// A worker over a connected store (for reads and the projection alike) and JetStream.
     pub fn new(store: Store, js: jetstream::Context, topology: Topology, batch: usize) -> Self {
         let readiness =
             health::Readiness::new(store.clone(), js.clone(), topology.stream(Stream::Events));
         let projection = Arc::new(Projection {
-            store,
+            store: store.clone(),
             js,
             topology,
             batch: batch.max(1),
         });
         Self {
+            reads: store,
             rebuilds: Rebuilds::new(projection.clone()),
             projection,
             readiness,
         }
     }
 
-    /// The view's store.
+    /// The same worker, serving reads from `reads` (a pool of their own).
+    pub fn with_reads(mut self, reads: Store) -> Self {
+        self.readiness = health::Readiness::new(
+            reads.clone(),
+            self.projection.js.clone(),
+            self.projection.topology.stream(Stream::Events),
+        );
+        self.reads = reads;
+        self
+    }
+
+    /// The view's store (its read pool).
     pub fn store(&self) -> &Store {
-        &self.projection.store
+        &self.reads
+    }
+
+    /// Closes the pools.
+    pub async fn close(&self) {
+        self.reads.close().await;
+        self.projection.store.close().await;
     }
 
     /// The public routes and their OpenAPI description.
     pub fn api(&self) -> (axum::Router, utoipa::openapi::OpenApi) {
         api::router(api::ApiState {
-            store: self.projection.store.clone(),
+            store: self.reads.clone(),
             rebuilds: self.rebuilds.clone(),
         })
     }

@@ -289,13 +289,25 @@ impl Projection {
             };
             let mut pause = Duration::from_millis(100);
             loop {
+                let started = Instant::now();
                 match self.apply(role, continuous_after, &chunk).await {
                     Ok(Outcome::Applied {
                         generation,
+                        fresh,
                         replayed,
                         switched_from,
-                        ..
                     }) => {
+                        tracing::debug!(
+                            ?role,
+                            generation,
+                            messages = chunk.items.len(),
+                            fresh,
+                            first = chunk.first(),
+                            last = chunk.last(),
+                            caught_up = chunk.caught_up,
+                            took_ms = started.elapsed().as_secs_f64() * 1e3,
+                            "chunk applied"
+                        );
                         continuous_after = chunk.last();
                         if let Role::Rebuild(_) = role {
                             metrics::gauge!(PROJECTION_REBUILD_REPLAYED, "projection" => PROJECTION)

@@ -178,6 +178,39 @@ impl Nats {
     }
 }
 
+/// Runs `test` on scratch databases of `backends` and a stream prefix of its own, and drops
+/// them afterwards, whether it passed or not.
+async fn on_scratch(
+    backends: &[Backend],
+    test: impl AsyncFnOnce(&[Database], &Nats) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let nats = Nats::new().await?;
+    let mut databases = Vec::new();
+    let mut made = Ok(());
+    for backend in backends {
+        match Database::new(*backend).await {
+            Ok(database) => databases.push(database),
+            Err(error) => {
+                made = Err(error);
+                break;
+            }
+        }
+    }
+    let result = match made {
+        Ok(()) => test(&databases, &nats).await,
+        Err(error) => Err(error),
+    };
+    nats.drop().await;
+    for database in databases {
+        if let Err(error) = database.drop().await
+            && result.is_ok()
+        {
+            return Err(error);
+        }
+    }
+    result
+}
+
 /// A worker running on a store, with its API served on a free port.
 struct Running {
     worker: MypageWorker,
@@ -266,7 +299,7 @@ impl Running {
         for task in self.tasks {
             task.await?;
         }
-        self.worker.store().close().await;
+        self.worker.close().await;
         Ok(())
     }
 }
@@ -519,9 +552,9 @@ fn traffic(clock: &mut Clock, sagas: usize) -> Vec<EventEnvelope> {
     events
 }
 
-async fn each_query_finds_the_row(backend: Backend) -> anyhow::Result<()> {
-    let (database, nats) = (Database::new(backend).await?, Nats::new().await?);
-    let running = Running::start(database.store().await?, &nats, 500).await?;
+async fn each_query_finds_the_row(database: &Database, nats: &Nats) -> anyhow::Result<()> {
+    let backend = database.backend;
+    let running = Running::start(database.store().await?, nats, 500).await?;
     let (mut clock, who) = (Clock::new(), customer());
     let done = completed(&mut clock, &who, 150, 150);
     let undone = compensated(&mut clock, &who, 150);
@@ -701,23 +734,31 @@ async fn each_query_finds_the_row(backend: Backend) -> anyhow::Result<()> {
         );
     }
     running.stop().await?;
-    nats.drop().await;
-    database.drop().await
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mypage_each_query_finds_the_row_on_mariadb() -> anyhow::Result<()> {
-    each_query_finds_the_row(Backend::MariaDb).await
+    on_scratch(&[Backend::MariaDb], async |db, nats| {
+        each_query_finds_the_row(&db[0], nats).await
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mypage_each_query_finds_the_row_on_postgres() -> anyhow::Result<()> {
-    each_query_finds_the_row(Backend::Postgres).await
+    on_scratch(&[Backend::Postgres], async |db, nats| {
+        each_query_finds_the_row(&db[0], nats).await
+    })
+    .await
 }
 
-async fn duplicates_and_replays_change_nothing(backend: Backend) -> anyhow::Result<()> {
-    let (database, nats) = (Database::new(backend).await?, Nats::new().await?);
-    let running = Running::start(database.store().await?, &nats, 500).await?;
+async fn duplicates_and_replays_change_nothing(
+    database: &Database,
+    nats: &Nats,
+) -> anyhow::Result<()> {
+    let backend = database.backend;
+    let running = Running::start(database.store().await?, nats, 500).await?;
     let mut clock = Clock::new();
     let events = traffic(&mut clock, 24);
     nats.publish_all(&events).await?;
@@ -737,7 +778,7 @@ async fn duplicates_and_replays_change_nothing(backend: Backend) -> anyhow::Resu
     );
 
     // A second replica over the same store reads the stream from its position: nothing new.
-    let replica = Running::start(database.store().await?, &nats, 7).await?;
+    let replica = Running::start(database.store().await?, nats, 7).await?;
     let served = replica
         .get(&format!("/v1/mypages/{}", events[0].event_mission()))
         .await?;
@@ -757,8 +798,7 @@ async fn duplicates_and_replays_change_nothing(backend: Backend) -> anyhow::Resu
         "{backend:?}: replayed events"
     );
     replica.stop().await?;
-    nats.drop().await;
-    database.drop().await
+    Ok(())
 }
 
 trait MissionOf {
@@ -776,12 +816,18 @@ impl MissionOf for EventEnvelope {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mypage_duplicates_and_replays_change_nothing_on_mariadb() -> anyhow::Result<()> {
-    duplicates_and_replays_change_nothing(Backend::MariaDb).await
+    on_scratch(&[Backend::MariaDb], async |db, nats| {
+        duplicates_and_replays_change_nothing(&db[0], nats).await
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mypage_duplicates_and_replays_change_nothing_on_postgres() -> anyhow::Result<()> {
-    duplicates_and_replays_change_nothing(Backend::Postgres).await
+    on_scratch(&[Backend::Postgres], async |db, nats| {
+        duplicates_and_replays_change_nothing(&db[0], nats).await
+    })
+    .await
 }
 
 fn counter(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -797,10 +843,12 @@ fn counter(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-async fn unknown_is_skipped_and_garbage_is_parked(backend: Backend) -> anyhow::Result<()> {
+async fn unknown_is_skipped_and_garbage_is_parked(
+    database: &Database,
+    nats: &Nats,
+) -> anyhow::Result<()> {
     let metrics = runtime::metrics::handle();
-    let (database, nats) = (Database::new(backend).await?, Nats::new().await?);
-    let running = Running::start(database.store().await?, &nats, 500).await?;
+    let running = Running::start(database.store().await?, nats, 500).await?;
     let (mut clock, who) = (Clock::new(), customer());
     let first = completed(&mut clock, &who, 5, 5);
     let second = completed(&mut clock, &who, 7, 12);
@@ -860,7 +908,7 @@ async fn unknown_is_skipped_and_garbage_is_parked(backend: Backend) -> anyhow::R
 
     // The garbage is parked, once, with its reason; a rebuild replays past it without parking
     // it again.
-    let parked = dead_letters(&nats).await?;
+    let parked = dead_letters(nats).await?;
     assert_eq!(parked.len(), 1, "{parked:?}");
     let (subject, headers) = &parked[0];
     assert_eq!(
@@ -880,10 +928,9 @@ async fn unknown_is_skipped_and_garbage_is_parked(backend: Backend) -> anyhow::R
         Some("mypage")
     );
     running.worker.rebuild(&CancellationToken::new()).await?;
-    assert_eq!(dead_letters(&nats).await?.len(), 1);
+    assert_eq!(dead_letters(nats).await?.len(), 1);
     running.stop().await?;
-    nats.drop().await;
-    database.drop().await
+    Ok(())
 }
 
 /// The dead letters of the test's streams: (subject, headers).
@@ -905,29 +952,40 @@ async fn dead_letters(nats: &Nats) -> anyhow::Result<Vec<(String, async_nats::He
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mypage_unknown_events_are_skipped_and_garbage_is_parked_on_mariadb() -> anyhow::Result<()>
 {
-    unknown_is_skipped_and_garbage_is_parked(Backend::MariaDb).await
+    on_scratch(&[Backend::MariaDb], async |db, nats| {
+        unknown_is_skipped_and_garbage_is_parked(&db[0], nats).await
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mypage_unknown_events_are_skipped_and_garbage_is_parked_on_postgres() -> anyhow::Result<()>
 {
-    unknown_is_skipped_and_garbage_is_parked(Backend::Postgres).await
+    on_scratch(&[Backend::Postgres], async |db, nats| {
+        unknown_is_skipped_and_garbage_is_parked(&db[0], nats).await
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mypage_a_rebuild_during_live_traffic_ends_identical_to_the_live_view() -> anyhow::Result<()>
 {
-    let _telemetry = runtime::telemetry::init("mypage-test-TEMP");
-    let nats = Nats::new().await?;
-    let (maria, postgres) = (
-        Database::new(Backend::MariaDb).await?,
-        Database::new(Backend::Postgres).await?,
-    );
+    on_scratch(&[Backend::MariaDb, Backend::Postgres], async |db, nats| {
+        rebuild_during_live_traffic(&db[0], &db[1], nats).await
+    })
+    .await
+}
+
+async fn rebuild_during_live_traffic(
+    maria: &Database,
+    postgres: &Database,
+    nats: &Nats,
+) -> anyhow::Result<()> {
     // Two replicas on MariaDB (both project, both replay the rebuild), and one live-only view
     // on PostgreSQL to compare with.
-    let rebuilt = Running::start(maria.store().await?, &nats, 200).await?;
-    let other_replica = Running::start(maria.store().await?, &nats, 50).await?;
-    let reference = Running::start(postgres.store().await?, &nats, 500).await?;
+    let rebuilt = Running::start(maria.store().await?, nats, 200).await?;
+    let other_replica = Running::start(maria.store().await?, nats, 50).await?;
+    let reference = Running::start(postgres.store().await?, nats, 500).await?;
 
     let mut clock = Clock::new();
     let before = traffic(&mut clock, 600);
@@ -1029,7 +1087,5 @@ async fn mypage_a_rebuild_during_live_traffic_ends_identical_to_the_live_view() 
     for running in [rebuilt, other_replica, reference] {
         running.stop().await?;
     }
-    nats.drop().await;
-    maria.drop().await?;
-    postgres.drop().await
+    Ok(())
 }
