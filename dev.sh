@@ -8,6 +8,7 @@
 #   ./dev.sh demo breaker [...]  the seed's circuit-breaking demonstration (siege, against `up`)
 #   ./dev.sh demo cluster [...]  3-node JetStream cluster, a node SIGKILLed mid-load: lost=0 duplicates=0
 #   ./dev.sh demo zero-downtime [...]  rolling restart behind nginx under siege -c2: availability=100.00%
+#   ./dev.sh demo mypage-load    siege -c150 -t20S on one Mypage row (against `up`)
 #   ./dev.sh screenshot [PATH]  headless Chromium screenshot of the running platform's saga page
 #   ./dev.sh tokens    print the local API tokens (made by `up`, in .run/api-tokens.json)
 #   ./dev.sh services  only install and start PostgreSQL, NATS and MariaDB (what CI needs)
@@ -283,7 +284,38 @@ demo() {
       ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
       cargo build --release --quiet --workspace --bins
       target/release/saga-rollout-demo --bin-dir target/release "$@" ;;
-    *) echo "unknown demo $which (breaker, cluster, zero-downtime)" >&2; exit 2 ;;
+    mypage-load)
+      # The seed's autoscaling load: siege -c150 -t20S on one Mypage row, through the gateway.
+      command -v siege >/dev/null || apt_install siege
+      local base="http://${SAGA_GATEWAY_ADDR:-127.0.0.1:8080}" game reader customer mission
+      game="$(token_of game)"; reader="$(token_of reader)"
+      customer="siege-$(date +%s)"
+      # A customer with a chat and a mission, paid by a saga: its Mypage row exists.
+      curl -fsS -X PUT "$base/v1/telegram/chats/$customer" -H "Authorization: Bearer $game" \
+        -H 'content-type: application/json' -d '{"chat_id": 424242}' >/dev/null
+      mission="$(curl -fsS -X POST "$base/v1/missions" -H "Authorization: Bearer $game" \
+        -H 'content-type: application/json' \
+        -d "{\"customer_id\": \"$customer\", \"title\": \"Siege the castle\", \"reward_points\": 10}" \
+        | sed -E 's/.*"id":"([^"]+)".*/\1/')"
+      curl -fsS -X POST "$base/v1/sagas" -H "Authorization: Bearer $game" \
+        -H 'content-type: application/json' -H "Idempotency-Key: siege-$mission" \
+        -d "{\"type\": \"mission_reward\", \"input\": {\"mission_id\": \"$mission\"}}" >/dev/null
+      for _ in $(seq 1 100); do
+        curl -fsS -H "Authorization: Bearer $reader" "$base/v1/mypages/$mission" 2>/dev/null \
+          | grep -q '"notification_status":"sent"' && break
+        sleep 0.1
+      done
+      curl -fsS -H "Authorization: Bearer $reader" "$base/v1/mypages/$mission"; echo
+      # Verbose output (one line per request) for the percentiles; siege's summary goes to stderr.
+      local rc="$RUN_DIR/mypage-siegerc" out="$RUN_DIR/mypage-siege.log"
+      printf 'verbose = true\njson_output = false\ncolor = off\nprotocol = HTTP/1.1\ndelay = 0.0\nlimit = 255\n' >"$rc"
+      siege -R "$rc" -c150 -t20S -H "Authorization: Bearer $reader" "$base/v1/mypages/$mission" >"$out"
+      grep '^HTTP' "$out" | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "requests %d  p50 %.3f s  p99 %.3f s  max %.3f s\n", NR, a[int(NR*0.50)], a[int(NR*0.99)], a[NR]}'
+      echo "answers other than 200: $(grep '^HTTP' "$out" | awk '$2 != 200' | wc -l)"
+      # The projection's lag (event to row) and backlog, as the dashboard shows them.
+      curl -fsS -H "Authorization: Bearer $reader" "$base/metrics" \
+        | grep -E '^saga_projection_(lag_seconds_(bucket|count)|pending)' ;;
+    *) echo "unknown demo $which (breaker, cluster, zero-downtime, mypage-load)" >&2; exit 2 ;;
   esac
 }
 
@@ -296,5 +328,5 @@ case "${1:-}" in
   screenshot) shift; screenshot "$@" ;;
   demo) shift; demo "$@" ;;
   tokens) shift; if [ -n "${1:-}" ]; then token_of "$1"; else cat "$TOKENS"; fi ;;
-  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

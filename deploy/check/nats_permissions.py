@@ -145,7 +145,9 @@ class Checks:
         if answer is not None:
             self.result("error" not in answer, f"{user.name} creates consumer {stream}/{durable}: {answer}")
 
-    async def pull_and_ack(self, user: User, stream: str, durable: str, expect_subject: str) -> None:
+    async def pull_and_ack(
+        self, user: User, stream: str, durable: str, expect_subject: str, ack: bool = True
+    ) -> None:
         """Pull one message from the durable, as a pull consumer does (the message arrives on the
         puller's own inbox under its original subject), and ack it on its $JS.ACK reply subject."""
         subject = f"{API}.CONSUMER.MSG.NEXT.{stream}.{durable}"
@@ -159,7 +161,7 @@ class Checks:
             return
         got = msg.subject == expect_subject and (msg.reply or "").startswith(f"$JS.ACK.{stream}.{durable}.")
         self.result(got, f"{user.name} pulls {expect_subject} from {stream}/{durable} (got {msg.subject!r})")
-        if got:
+        if got and ack:
             await user.nc.publish(msg.reply, b"+ACK")
             await user.nc.flush()
             await asyncio.sleep(0.05)
@@ -250,10 +252,14 @@ async def run(url: str) -> int:
     await c.consumer(users["wallet"], "DOMAIN_EVT", "wallet-rewards-v1", "evt.reward.>")
     await c.pull_and_ack(users["wallet"], "DOMAIN_EVT", "wallet-rewards-v1", "evt.reward.Checked")
 
-    # mypage replays every domain event.
-    await c.consumer(users["mypage"], "DOMAIN_EVT", "mypage-projection", "evt.>")
-    await c.pull_and_ack(users["mypage"], "DOMAIN_EVT", "mypage-projection", "evt.saga.SagaFinished")
+    # mypage reads every domain event through consumers of its own (ordered, without acks:
+    # its view keeps its position).
+    await c.consumer(users["mypage"], "DOMAIN_EVT", "mypage-check", "evt.>")
+    await c.pull_and_ack(users["mypage"], "DOMAIN_EVT", "mypage-check", "evt.saga.SagaFinished", ack=False)
     await c.allowed_publish(users["mypage"], "dlq.evt.saga.SagaFinished")
+    await c.denied_publish(users["mypage"], f"{API}.CONSUMER.MSG.NEXT.DOMAIN_EVT.wallet-rewards-v1")
+    await c.denied_publish(users["mypage"], f"{API}.CONSUMER.DELETE.DOMAIN_EVT.wallet-rewards-v1")
+    await c.denied_publish(users["mypage"], "dlq.cmd.mission.complete")
 
     # What nobody may do.
     await c.denied_publish(orchestrator, "reply.mission_reward.reward")

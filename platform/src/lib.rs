@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use workers::gift::{self, GiftSettings, GiftWorker};
 use workers::mission::{self, MissionWorker};
+use workers::mypage::{MypageSettings, MypageWorker};
 use workers::reward::{self, RewardWorker};
 use workers::runtime::{WorkerContext, WorkerSettings};
 use workers::telegram::{self, TelegramSettings, TelegramWorker};
@@ -54,6 +55,10 @@ pub struct Settings {
     pub telegram: TelegramSettings,
     /// The gift worker's settings (its orchestrator and telegram URLs are the gateway's here).
     pub gift: GiftSettings,
+    /// The mypage worker (`SAGA_MYPAGE_DATABASE_URL`: `mysql://…` for MariaDB, else the
+    /// platform's PostgreSQL, schema `mypage`); its NATS and PostgreSQL settings are the
+    /// workers'.
+    pub mypage: MypageSettings,
     /// Workers not to run in this process (a test may play one itself).
     pub skip_workers: Vec<Worker>,
     /// Saga definitions to run instead of the built-in ones.
@@ -124,6 +129,7 @@ impl Settings {
             workers: runtime::config::load()?,
             telegram: runtime::config::load()?,
             gift: runtime::config::load()?,
+            mypage: runtime::config::load()?,
             skip_workers: Vec::new(),
             definitions: None,
             edge: runtime::config::load()?,
@@ -224,6 +230,11 @@ impl Platform {
             gift_ctx.pool.clone(),
             &settings.gift.at_gateway(&format!("http://{gateway}")),
         )?;
+        let mypage = MypageWorker::connect(&MypageSettings {
+            infra: settings.as_user(&settings.workers.infra, "mypage"),
+            ..settings.mypage.clone()
+        })
+        .await?;
         let mission = MissionWorker::new(mission_ctx.pool.clone());
         let reward = RewardWorker::new(reward_ctx.pool.clone());
         let wallet = WalletWorker::new(wallet_ctx.pool.clone());
@@ -239,6 +250,7 @@ impl Platform {
             wallet.api(),
             gift.api(),
             telegram.api(),
+            mypage.api(),
         ] {
             router = router.merge(routes);
             openapi.merge(doc);
@@ -272,6 +284,8 @@ impl Platform {
         if runs(Worker::Gift) {
             tasks.spawn(gift.run(gift_ctx.clone(), shutdown.clone()));
         }
+        let mypage_readiness = mypage.readiness().clone();
+        tasks.spawn(mypage.clone().run(shutdown.clone()));
         if runs(Worker::Telegram) {
             tasks.spawn(telegram.run(telegram_ctx.clone(), shutdown.clone()));
         }
@@ -286,6 +300,7 @@ impl Platform {
         tokio::spawn(async move {
             stop.cancelled().await;
             readiness.stop_accepting();
+            mypage_readiness.stop_accepting();
             for ctx in [mission_ctx, reward_ctx, wallet_ctx, gift_ctx, telegram_ctx] {
                 ctx.readiness.stop_accepting();
             }

@@ -533,7 +533,10 @@ mod tests {
         assert!(caller(&[Scope::Admin]).allows(Needed::Scope(Scope::Notify)));
         assert!(caller(&[Scope::Read]).allows(Needed::GameOrRead));
         let operator = caller(&[Scope::Operate]);
-        assert!(operator.allows(Needed::Scope(Scope::Read)), "an operator reads what it acts on");
+        assert!(
+            operator.allows(Needed::Scope(Scope::Read)),
+            "an operator reads what it acts on"
+        );
         assert!(!operator.allows(Needed::Scope(Scope::Admin)));
         assert!(!caller(&[Scope::Read]).allows(Needed::Scope(Scope::Operate)));
     }

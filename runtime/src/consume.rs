@@ -25,6 +25,9 @@ pub enum Verdict {
     /// Infrastructure trouble: deliver it again after a growing delay. Past
     /// [`MAX_DELIVER`] deliveries it is parked instead, with the last reason.
     RetryLater(String),
+    /// Not now, but at a known moment (another attempt holds the work until then): deliver it
+    /// again after that delay. Past [`MAX_DELIVER`] deliveries it is parked instead.
+    RetryAfter(String, Duration),
     /// It can never be handled (undecodable, unknown, refused): park it with the reason.
     DeadLetter(String),
 }
@@ -37,18 +40,24 @@ pub async fn settle(
     message: &Message,
     verdict: Verdict,
 ) {
+    let verdict_delay = match &verdict {
+        Verdict::RetryAfter(_, delay) => Some(*delay),
+        _ => None,
+    };
     let result = match verdict {
         Verdict::Ack => message.ack().await,
         Verdict::DeadLetter(reason) => dead_letter::park(js, topology, message, &reason).await,
-        Verdict::RetryLater(reason) => {
+        Verdict::RetryLater(reason) | Verdict::RetryAfter(reason, _) => {
             let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+            let delay = match &verdict_delay {
+                Some(delay) => *delay,
+                None => nak_delay(delivered),
+            };
             if delivered >= MAX_DELIVER {
                 let reason = format!("gave up after {delivered} deliveries: {reason}");
                 dead_letter::park(js, topology, message, &reason).await
             } else {
-                message
-                    .ack_with(AckKind::Nak(Some(nak_delay(delivered))))
-                    .await
+                message.ack_with(AckKind::Nak(Some(delay))).await
             }
         }
     };

@@ -106,6 +106,12 @@ pub struct Publisher {
     acked: mpsc::UnboundedSender<Uuid>,
 }
 
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
 impl Publisher {
     /// A publisher over a service's pool and JetStream context; spawns its deleter, which
     /// ends when the last clone of the publisher is dropped.

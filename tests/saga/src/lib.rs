@@ -40,6 +40,8 @@ pub struct TestPlatform {
     pub nats: async_nats::Client,
     /// The API tokens of this platform (`http` sends the admin one).
     pub tokens: TestTokens,
+    /// The MariaDB database of the Mypage view, when the test put it there.
+    mariadb: Option<secrecy::SecretString>,
 }
 
 /// The NATS a test platform runs on.
@@ -93,6 +95,16 @@ impl TestTokens {
     }
 }
 
+/// `settings` with the Mypage view on MariaDB (`SAGA_TEST_MARIADB_URL`, default
+/// `mysql://root@127.0.0.1:3306`), in a database of its own that the platform's stop drops.
+pub fn on_mariadb(mut settings: Settings) -> Settings {
+    let server = std::env::var("SAGA_TEST_MARIADB_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    let name = format!("mypage_t_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    settings.mypage.mypage_database_url = Some(format!("{server}/{name}").into());
+    settings
+}
+
 /// Knobs a test may turn before the platform starts.
 pub fn default_settings() -> Settings {
     let mut settings = Settings {
@@ -104,6 +116,7 @@ pub fn default_settings() -> Settings {
         workers: Default::default(),
         telegram: Default::default(),
         gift: Default::default(),
+        mypage: Default::default(),
         skip_workers: Vec::new(),
         definitions: None,
         edge: Default::default(),
@@ -161,6 +174,11 @@ impl TestPlatform {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let id = Uuid::new_v4().simple().to_string();
         let database = format!("saga_t_{}", &id[..16]);
+        let mariadb = settings
+            .mypage
+            .mypage_database_url
+            .clone()
+            .filter(|url| secrecy::ExposeSecret::expose_secret(url).starts_with("mysql:"));
         let NatsTarget {
             url: nats_url,
             prefix,
@@ -202,6 +220,7 @@ impl TestPlatform {
             database,
             nats,
             tokens,
+            mariadb,
         })
     }
 
@@ -416,10 +435,24 @@ impl TestPlatform {
         Ok((customer, chat_id, mission))
     }
 
-    /// Stops the platform, drops its database and streams.
+    /// Stops the platform, drops its databases and streams.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(platform) = self.platform.take() {
             platform.stop().await?;
+        }
+        if let Some(url) = self.mariadb.take() {
+            use secrecy::ExposeSecret as _;
+            let url = url.expose_secret().to_owned();
+            if let Some((server, name)) = url.rsplit_once('/') {
+                use sqlx::Connection as _;
+                let mut conn = sqlx::MySqlConnection::connect(server).await?;
+                sqlx::Executor::execute(
+                    &mut conn,
+                    sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")),
+                )
+                .await?;
+                conn.close().await?;
+            }
         }
         // A test on a server of its own (no prefix) throws the server away instead.
         if !self.prefix.is_empty() {

@@ -2,110 +2,28 @@
 //! worker projects from their domain events, on MariaDB and on PostgreSQL, against the real
 //! servers of the machine.
 //!
-//! Until the one-process platform embeds the mypage worker, [`attach`] runs one next to the
-//! test's platform, on its streams (`SAGA_TEST_MARIADB_URL` names the MariaDB server, default
-//! `mysql://root@127.0.0.1:3306`; the PostgreSQL view lives in the platform's database, schema
-//! `mypage`). Once the platform serves `/v1/mypages` itself, [`Mypage::get`] can call the
-//! gateway instead.
+//! The one-process platform embeds the mypage worker: its view on MariaDB (`on_mariadb`,
+//! `SAGA_TEST_MARIADB_URL` names the server, default `mysql://root@127.0.0.1:3306`) or in the
+//! platform's PostgreSQL database, schema `mypage`.
 //!
 //! The projection's own cases (duplicates, replays, unknown and garbage messages, a rebuild
 //! during live traffic, both stores) are the unit tests of `workers/src/mypage/tests.rs`.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use reqwest::Method;
-use saga_tests::{TestPlatform, default_settings, wait_for};
+use saga_tests::{TestPlatform, default_settings, on_mariadb, wait_for};
 use serde_json::{Value, json};
-use sqlx::{Connection as _, Executor as _};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use workers::mypage::store::Backend;
-use workers::mypage::{MypageSettings, MypageWorker};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn nats_url() -> String {
-    std::env::var("SAGA_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
+/// The platform's Mypage routes.
+struct Mypage<'a>(&'a TestPlatform);
 
-fn mariadb_server_url() -> String {
-    std::env::var("SAGA_TEST_MARIADB_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
-}
-
-/// A mypage worker projecting a test platform's events.
-struct Mypage {
-    base: String,
-    http: reqwest::Client,
-    stop: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
-    worker: MypageWorker,
-    mariadb: Option<String>,
-}
-
-/// Runs a mypage worker on `p`'s streams, its view on `backend`.
-async fn attach(p: &TestPlatform, backend: Backend) -> anyhow::Result<Mypage> {
-    let (url, mariadb) = match backend {
-        Backend::MariaDb => {
-            let name = format!(
-                "mypage_t_{}",
-                &uuid::Uuid::new_v4().simple().to_string()[..12]
-            );
-            (format!("{}/{name}", mariadb_server_url()), Some(name))
-        }
-        Backend::Postgres => (p.database_url.clone(), None),
-    };
-    let mut settings = MypageSettings::default();
-    settings.infra.nats_url = nats_url();
-    settings.infra.nats_prefix = p.prefix.clone();
-    settings.mypage_database_url = Some(url.into());
-    settings.mypage_database_max_connections = 4;
-    let worker = MypageWorker::connect(&settings).await?;
-    let (routes, _) = worker.api();
-    let router = routes.fallback(runtime::problem::route_not_found);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let stop = CancellationToken::new();
-    let serving = stop.clone();
-    let running = worker.clone();
-    let until = stop.clone();
-    let tasks = vec![
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { serving.cancelled().await })
-                .await;
-        }),
-        tokio::spawn(async move {
-            let _ = running.run(until).await;
-        }),
-    ];
-    Ok(Mypage {
-        base,
-        http: reqwest::Client::new(),
-        stop,
-        tasks,
-        worker,
-        mariadb,
-    })
-}
-
-impl Mypage {
-    async fn call(&self, method: Method, path: &str) -> anyhow::Result<(u16, Value)> {
-        let response = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .send()
-            .await?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
-    }
-
+impl Mypage<'_> {
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let (status, body) = self.call(Method::GET, path).await?;
-        if status != 200 {
-            bail!("GET {path}: {status} {body}");
-        }
-        Ok(body)
+        self.0.get(path).await
     }
 
     /// Waits until `mission`'s row passes `check`.
@@ -116,29 +34,13 @@ impl Mypage {
         check: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
         wait_for(WAIT, what, || async {
-            let (status, row) = self
-                .call(Method::GET, &format!("/v1/mypages/{mission}"))
+            let (status, _, row) = self
+                .0
+                .call(Method::GET, &format!("/v1/mypages/{mission}"), None)
                 .await?;
             Ok((status == 200 && check(&row)).then_some(row))
         })
         .await
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        self.stop.cancel();
-        for task in self.tasks {
-            task.await?;
-        }
-        self.worker.close().await;
-        if let Some(name) = self.mariadb {
-            let mut conn = sqlx::MySqlConnection::connect(&mariadb_server_url()).await?;
-            conn.execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS `{name}`"
-            )))
-            .await?;
-            conn.close().await?;
-        }
-        Ok(())
     }
 }
 
@@ -149,8 +51,8 @@ fn id(value: &Value) -> anyhow::Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_mission_saga_completes_its_row_shows_the_reward_and_the_sent_notification()
 -> anyhow::Result<()> {
-    let p = TestPlatform::start_with(default_settings()).await?;
-    let mypage = attach(&p, Backend::MariaDb).await?;
+    let p = TestPlatform::start_with(on_mariadb(default_settings())).await?;
+    let mypage = Mypage(&p);
     let (customer, _, mission) = p.customer_with_mission(150).await?;
     let mission = id(&mission)?;
     let saga = p.start_saga(&mission).await?;
@@ -195,14 +97,13 @@ async fn after_a_mission_saga_completes_its_row_shows_the_reward_and_the_sent_no
     .await?;
     assert_eq!(balance, 150);
 
-    mypage.stop().await?;
     p.stop().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compensated_sagas_row_shows_the_mission_open_and_no_reward() -> anyhow::Result<()> {
     let p = TestPlatform::start_with(default_settings()).await?;
-    let mypage = attach(&p, Backend::Postgres).await?;
+    let mypage = Mypage(&p);
     let (customer, _, mission) = p.customer_with_mission(30).await?;
     let mission = id(&mission)?;
     // A moderation hold: the reward is paid, then attaching it is refused, so the saga revokes
@@ -242,16 +143,14 @@ async fn a_compensated_sagas_row_shows_the_mission_open_and_no_reward() -> anyho
     .await?;
     assert_eq!(page["items"][0]["mission_id"], mission, "{page}");
 
-    mypage.stop().await?;
     p.stop().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the gift worker to publish GiftIssued (issue 8, item 1)"]
 async fn after_a_gift_exchange_the_customers_list_holds_the_gift_with_its_voucher()
 -> anyhow::Result<()> {
-    let p = TestPlatform::start_with(default_settings()).await?;
-    let mypage = attach(&p, Backend::MariaDb).await?;
+    let p = TestPlatform::start_with(on_mariadb(default_settings())).await?;
+    let mypage = Mypage(&p);
     let (customer, _, mission) = p.customer_with_mission(300).await?;
     let earned = p.start_saga(&id(&mission)?).await?;
     let earned = p.wait_terminal(&earned, WAIT).await?;
@@ -298,11 +197,19 @@ async fn after_a_gift_exchange_the_customers_list_holds_the_gift_with_its_vouche
     assert_eq!(row["gift_id"], gift);
     assert_eq!(row["gift_name"], "Dragon mug");
     assert_eq!(row["voucher_code"], voucher);
-    assert!(
-        ["sent", "queued"].contains(&row["notification_status"].as_str().unwrap_or_default()),
-        "{row}"
-    );
+    let told = wait_for(WAIT, "the gift's notification to be projected", || async {
+        let page = mypage
+            .get(&format!("/v1/mypages?customer_id={customer}"))
+            .await?;
+        Ok(page["items"].as_array().and_then(|items| {
+            items
+                .iter()
+                .find(|i| i["kind"] == "gift" && i["notification_status"] == "sent")
+                .cloned()
+        }))
+    })
+    .await?;
+    assert_eq!(told["voucher_code"], voucher, "{told}");
 
-    mypage.stop().await?;
     p.stop().await
 }

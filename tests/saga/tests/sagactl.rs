@@ -9,12 +9,9 @@
 //! builds it first (`cargo build -p sagactl`, a no-op when it is fresh); `./dev.sh test` has
 //! built every binary anyway (`cargo build --workspace --bins`).
 //!
-//! `definitions list`, `history`, `dead-letters discard` and `watch` over server-sent events
-//! use the routes the lead added in this round (`GET /v1/definitions`,
-//! `GET /v1/sagas/{id}/history`, `DELETE /v1/dead-letters/{id}`, `GET /v1/sagas/{id}/events`).
-//! The one test marked `#[ignore = "needs ..."]` needs `/v1/mypages/rebuild` on the one-process
-//! platform, which answers 404 today: remove the attribute once the platform runs the my-page
-//! worker (run it before with `cargo test -p saga-tests --test sagactl -- --ignored`).
+//! `definitions list`, `history`, `dead-letters discard`, `mypage rebuild` and `watch` over
+//! server-sent events use `GET /v1/definitions`, `GET /v1/sagas/{id}/history`,
+//! `DELETE /v1/dead-letters/{id}`, `POST /v1/mypages/rebuild` and `GET /v1/sagas/{id}/events`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -725,7 +722,7 @@ async fn watch_polls_a_platform_that_cannot_stream_changes() -> anyhow::Result<(
 
 // ---------------------------------------------------------------------------------------------
 // The routes added in this round: definitions, history, discard, server-sent events, and the
-// my-page rebuild (not on the one-process platform yet: ignored).
+// my-page rebuild.
 // ---------------------------------------------------------------------------------------------
 
 /// `GET /v1/definitions`.
@@ -874,7 +871,6 @@ async fn sagactl_watches_a_saga_through_server_sent_events() -> anyhow::Result<(
 /// Enable once the one-process platform serves `/v1/mypages/rebuild` (it runs the my-page
 /// worker): 404 route_not_found today.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs /v1/mypages/rebuild on the one-process platform (404 today)"]
 async fn sagactl_rebuilds_the_mypage_view_and_waits_for_it() -> anyhow::Result<()> {
     let p = TestPlatform::start().await?;
     let ctl = Sagactl::new(&p, &p.tokens.admin).await?;

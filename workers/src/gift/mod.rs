@@ -30,10 +30,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use contracts::command::{IssueGiftV1, NotifyGiftV1, ReleaseGiftV1, ReserveGiftV1};
+use contracts::event::GiftReleasedV1;
 use contracts::reply::{
     GiftIssuedV1, GiftNotificationStatus, GiftNotifiedV1, GiftReservedV1, output_of,
 };
-use contracts::{Command, Envelope, Reply, SagaId, StepFailure, Topology, Worker};
+use contracts::{
+    Command, CustomerId, DomainEvent, Envelope, GiftId, Reply, SagaId, StepFailure, Topology,
+    Worker,
+};
 use runtime::jetstream::Outgoing;
 use serde::{Deserialize, Serialize};
 use serde_json::Map;
@@ -208,7 +212,14 @@ impl GiftWorker {
         match reservation.status.as_str() {
             "reserved" => {
                 store::release(conn, &reservation).await?;
-                Ok(done)
+                let event = DomainEvent::GiftReleased(GiftReleasedV1 {
+                    gift_id: GiftId(reservation.gift_id),
+                    customer_id: stored_customer(&reservation)?,
+                });
+                Ok(Handled::with_events(
+                    Reply::Succeeded { output: Map::new() },
+                    vec![event],
+                ))
             }
             "issued" => Ok(refuse(
                 "gift_already_issued",
@@ -231,12 +242,24 @@ impl GiftWorker {
                 format!("saga {saga} reserved no gift"),
             ));
         };
-        match (reservation.status.as_str(), reservation.voucher_code) {
+        match (
+            reservation.status.as_str(),
+            reservation.voucher_code.clone(),
+        ) {
             ("issued", Some(code)) => Ok(issued(code)),
             ("reserved", _) => {
                 let code = voucher::new_code();
                 store::issue(conn, saga, &code).await?;
-                Ok(issued(code))
+                let event = DomainEvent::GiftIssued(contracts::event::GiftIssuedV1 {
+                    gift_id: GiftId(reservation.gift_id),
+                    gift_name: reservation.gift_name.clone(),
+                    customer_id: stored_customer(&reservation)?,
+                    voucher_code: code.clone(),
+                    price_points: reservation.price_points,
+                });
+                let mut handled = issued(code);
+                handled.events.push(event);
+                Ok(handled)
             }
             (status, _) => Ok(refuse(
                 "gift_released",
@@ -254,7 +277,13 @@ impl GiftWorker {
         let text = text::gift_text(&c.gift_name, &c.voucher_code);
         let notified = self
             .notifier
-            .notify(&key, &c.customer_id, &text, &command.headers)
+            .notify(
+                &key,
+                command.saga_id,
+                &c.customer_id,
+                &text,
+                &command.headers,
+            )
             .await;
         match notified {
             Notified::Sent { notification_id } => Ok(Handled::reply(Reply::Succeeded {
@@ -269,6 +298,7 @@ impl GiftWorker {
                     idempotency_key: key,
                     customer_id: c.customer_id.clone(),
                     text,
+                    saga_id: Some(command.saga_id),
                 });
                 let payload = serde_json::to_vec(&message).map_err(|e| {
                     HandlerError::Fatal(format!("encoding the queued message: {e}"))
@@ -311,6 +341,13 @@ fn issued(voucher_code: String) -> Handled {
     Handled::reply(Reply::Succeeded {
         output: output_of(&GiftIssuedV1 { voucher_code }),
     })
+}
+
+fn stored_customer(reservation: &store::Reservation) -> Result<CustomerId, HandlerError> {
+    reservation
+        .customer_id
+        .parse()
+        .map_err(|_| HandlerError::Fatal("a stored customer id is invalid".into()))
 }
 
 fn refuse(code: &str, message: String) -> Handled {

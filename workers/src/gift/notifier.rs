@@ -188,13 +188,14 @@ impl Notifier {
     pub async fn notify(
         &self,
         key: &str,
+        saga: contracts::SagaId,
         customer: &CustomerId,
         text: &str,
         trace: &BTreeMap<String, String>,
     ) -> Notified {
         let started = Instant::now();
         let deadline = started + self.budget;
-        let body = serde_json::json!({ "customer_id": customer, "text": text });
+        let body = serde_json::json!({ "customer_id": customer, "text": text, "saga_id": saga });
         let attempt = || self.try_once(key, &body, trace, deadline);
         let retried = attempt
             .retry(self.backoff)

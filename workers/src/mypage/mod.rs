@@ -173,6 +173,10 @@ impl MypageWorker {
     /// Connects: the view's store (created and migrated; one pool for reads, one for the
     /// projection), NATS, the streams.
     pub async fn connect(settings: &MypageSettings) -> anyhow::Result<Self> {
+        // Every series the dashboard reads is on /metrics from the start, at zero.
+        metrics::gauge!(PROJECTION_REBUILD_RUNNING, "projection" => PROJECTION).set(0.0);
+        metrics::gauge!(PROJECTION_REBUILD_REPLAYED, "projection" => PROJECTION).set(0.0);
+        metrics::counter!(runtime::metrics::EVENTS_SKIPPED, "consumer" => PROJECTION).increment(0);
         let url = settings.database_url();
         let store = |connections| async move {
             Store::connect(url, connections).await.with_context(|| {

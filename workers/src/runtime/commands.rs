@@ -334,6 +334,9 @@ impl<H: Handler> CommandLoop<H> {
                     tracing::warn!(saga_id = %command.saga_id, step = %command.step, %reason, "command will be retried");
                     p.verdict = Verdict::RetryLater(reason);
                 }
+                Err(HandlerError::Busy(reason, after)) => {
+                    p.verdict = Verdict::RetryAfter(reason, after);
+                }
                 Err(HandlerError::Fatal(reason)) => p.verdict = Verdict::DeadLetter(reason),
             }
         }

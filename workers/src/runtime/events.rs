@@ -154,6 +154,7 @@ async fn handle_batch<H: EventHandler>(
                 tracing::warn!(%reason, consumer = durable, "event batch failed; redelivering");
                 failed(Verdict::RetryLater(reason));
             }
+            Err(HandlerError::Busy(reason, after)) => failed(Verdict::RetryAfter(reason, after)),
             Err(HandlerError::Fatal(reason)) => {
                 failed(Verdict::DeadLetter(reason));
             }

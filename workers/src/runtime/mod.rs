@@ -60,6 +60,9 @@ pub enum HandlerError {
     /// Infrastructure trouble (database, network): roll back and redeliver later.
     #[error("retryable: {0}")]
     Retryable(String),
+    /// Another attempt holds the work until a known moment: redeliver just after it.
+    #[error("busy for {1:?}: {0}")]
+    Busy(String, std::time::Duration),
     /// The command can never be handled (it does not fit this worker): dead-letter it.
     #[error("fatal: {0}")]
     Fatal(String),

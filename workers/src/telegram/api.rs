@@ -87,6 +87,11 @@ pub struct NewMessage {
     pub customer_id: CustomerId,
     /// The text: 1 to 4096 UTF-16 code units, not only white space.
     pub text: String,
+    /// The saga the message belongs to, if any (a gift exchange names its own): the
+    /// notification's events carry it.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub saga_id: Option<contracts::SagaId>,
 }
 
 impl NewMessage {
@@ -198,6 +203,7 @@ async fn send_message(
     body.validate()?;
     let message = Message {
         key: Key::Idempotency(&key),
+        saga: body.saga_id,
         customer: &body.customer_id,
         text: &body.text,
     };
@@ -356,6 +362,7 @@ mod tests {
         let message = |text: &str| NewMessage {
             customer_id: "player-1".parse().expect("a customer id"),
             text: text.to_owned(),
+            saga_id: None,
         };
         assert!(message("hello").validate().is_ok());
         assert!(message(&"é".repeat(4096)).validate().is_ok());

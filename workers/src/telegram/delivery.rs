@@ -16,7 +16,13 @@
 use std::fmt;
 use std::time::Duration;
 
-use contracts::{CustomerId, MissionId, SagaId};
+use std::sync::{Arc, OnceLock};
+
+use contracts::event::NotificationEventV1;
+use contracts::{
+    CustomerId, DomainEvent, EventEnvelope, MissionId, NotificationId, SagaId, Topology,
+};
+use runtime::outbox::{self, OutboxMessage, Publisher};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -52,6 +58,9 @@ impl fmt::Display for Key<'_> {
 pub struct Message<'a> {
     /// What it is keyed by.
     pub key: Key<'a>,
+    /// The saga a keyed message belongs to, when its sender names one (a gift exchange): its
+    /// `NotificationSent`/`NotificationFailed` event carries it.
+    pub saga: Option<SagaId>,
     /// Whom it is for.
     pub customer: &'a CustomerId,
     /// The text (at most 4096 UTF-16 units).
@@ -110,6 +119,7 @@ pub struct Delivery {
     pool: PgPool,
     client: BotClient,
     lease: Duration,
+    events: Arc<OnceLock<(Publisher, Topology)>>,
 }
 
 impl Delivery {
@@ -120,6 +130,62 @@ impl Delivery {
             pool,
             client,
             lease,
+            events: Arc::default(),
+        }
+    }
+
+    /// From now on every decided outcome publishes its `NotificationSent` or
+    /// `NotificationFailed` event, through the worker's outbox in the transaction that records
+    /// the outcome (called when the worker runs; until then no event is made).
+    pub fn publish_events(&self, publisher: Publisher, topology: Topology) {
+        let _ = self.events.set((publisher, topology));
+    }
+
+    /// The event of a decided outcome, as an outbox row (none before [`Self::publish_events`]).
+    fn event(
+        &self,
+        message: &Message<'_>,
+        id: Uuid,
+        sent: Result<i64, &str>,
+    ) -> Option<OutboxMessage> {
+        let (_, topology) = self.events.get()?;
+        let (saga, mission) = match message.key {
+            Key::Saga { saga, mission } => (Some(saga), Some(mission)),
+            Key::Idempotency(_) => (message.saga, None),
+        };
+        let outcome = NotificationEventV1 {
+            notification_id: NotificationId(id),
+            customer_id: message.customer.clone(),
+            mission_id: mission,
+            telegram_message_id: sent.ok(),
+            error_code: sent.err().map(str::to_owned),
+        };
+        let event = match sent {
+            Ok(_) => DomainEvent::NotificationSent(outcome),
+            Err(_) => DomainEvent::NotificationFailed(outcome),
+        };
+        let envelope = EventEnvelope::new(event, saga, chrono::Utc::now());
+        OutboxMessage::event(topology, &envelope, &Default::default()).ok()
+    }
+
+    /// Writes `event` in the caller's transaction (before its commit).
+    async fn record(
+        conn: &mut sqlx::PgConnection,
+        event: Option<&OutboxMessage>,
+    ) -> Result<(), sqlx::Error> {
+        match event {
+            Some(event) => outbox::insert(conn, std::slice::from_ref(event)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Publishes `event` after its transaction committed (the relay re-publishes it if this
+    /// fails).
+    async fn publish(&self, event: Option<OutboxMessage>) {
+        if let (Some(event), Some((publisher, _))) = (event, self.events.get())
+            && let Err(error) = publisher.publish(&[event]).await
+        {
+            tracing::warn!(%error, "publishing a notification event failed; the relay will");
         }
     }
 
@@ -136,7 +202,8 @@ impl Delivery {
                 store::claim(&mut tx, saga, mission, message.customer, message.text).await?
             }
             Key::Idempotency(key) => {
-                store::claim_keyed(&mut tx, key, message.customer, message.text).await?
+                store::claim_keyed(&mut tx, key, message.saga, message.customer, message.text)
+                    .await?
             }
         };
         let key = message.key;
@@ -191,7 +258,10 @@ impl Delivery {
                     &format!("{}: {detail}", codes::DELIVERY_UNKNOWN),
                 )
                 .await?;
+                let event = self.event(message, row.id, Err(codes::DELIVERY_UNKNOWN));
+                Self::record(&mut tx, event.as_ref()).await?;
                 tx.commit().await?;
+                self.publish(event).await;
                 tracing::warn!(%key, notification_id = %row.id, "notification outcome unknown: not sent again");
                 return Ok(Outcome::Failed {
                     id: row.id,
@@ -205,7 +275,10 @@ impl Delivery {
 
         let Some(chat_id) = store::chat_of(&mut tx, message.customer).await? else {
             store::fail(&mut tx, row.id, codes::CHAT_NOT_LINKED).await?;
+            let event = self.event(message, row.id, Err(codes::CHAT_NOT_LINKED));
+            Self::record(&mut tx, event.as_ref()).await?;
             tx.commit().await?;
+            self.publish(event).await;
             tracing::info!(%key, customer_id = %message.customer, "no Telegram chat linked: notification failed");
             return Ok(Outcome::Failed {
                 id: row.id,
@@ -221,7 +294,12 @@ impl Delivery {
 
         match self.client.send_message(chat_id, &row.text).await {
             Ok(message_id) => {
-                store::sent(&self.pool, row.id, chat_id, message_id).await?;
+                let mut tx = self.pool.begin().await?;
+                store::sent(&mut tx, row.id, chat_id, message_id).await?;
+                let event = self.event(message, row.id, Ok(message_id));
+                Self::record(&mut tx, event.as_ref()).await?;
+                tx.commit().await?;
+                self.publish(event).await;
                 tracing::info!(%key, notification_id = %row.id, telegram_message_id = message_id, "notification sent");
                 Ok(Outcome::Sent {
                     id: row.id,
@@ -230,8 +308,9 @@ impl Delivery {
                 })
             }
             Err(failure) => {
+                let mut tx = self.pool.begin().await?;
                 store::attempt_failed(
-                    &self.pool,
+                    &mut tx,
                     row.id,
                     failure.retryable,
                     chat_id,
@@ -239,6 +318,12 @@ impl Delivery {
                     failure.called_telegram(),
                 )
                 .await?;
+                let event = (!failure.retryable)
+                    .then(|| self.event(message, row.id, Err(failure.code)))
+                    .flatten();
+                Self::record(&mut tx, event.as_ref()).await?;
+                tx.commit().await?;
+                self.publish(event).await;
                 tracing::warn!(
                     %key,
                     notification_id = %row.id,

@@ -69,7 +69,7 @@ impl Default for TelegramSettings {
         Self {
             telegram_bot_token: None,
             telegram_api_base: "https://api.telegram.org".into(),
-            telegram_timeout_ms: 5000,
+            telegram_timeout_ms: 3000,
         }
     }
 }
@@ -97,7 +97,9 @@ impl TelegramWorker {
     /// A worker over its pool, calling the Bot API `settings` name.
     pub fn new(pool: PgPool, settings: &TelegramSettings) -> anyhow::Result<Self> {
         queue::register_metrics();
-        let lease = Duration::from_millis(settings.telegram_timeout_ms) + Duration::from_secs(5);
+        // Longer than one call may take (its timeout), and not much longer: a worker killed
+        // during a call holds its notification until the lease ends.
+        let lease = Duration::from_millis(settings.telegram_timeout_ms) + Duration::from_secs(1);
         Ok(Self {
             delivery: Delivery::new(pool, BotClient::new(settings)?, lease),
         })
@@ -122,6 +124,10 @@ impl TelegramWorker {
             context.batch,
             shutdown.clone(),
         );
+        self.delivery.publish_events(
+            runtime::outbox::Publisher::new(context.pool.clone(), context.js.clone()),
+            context.topology.clone(),
+        );
         let commands = context.run_commands(Arc::new(self), shutdown);
         let (a, b) = tokio::join!(commands, queued);
         a.and(b)
@@ -134,6 +140,7 @@ impl TelegramWorker {
                 saga,
                 mission: c.mission_id,
             },
+            saga: Some(saga),
             customer: &c.customer_id,
             text: &text,
         };
@@ -146,8 +153,9 @@ impl TelegramWorker {
             Outcome::Failed {
                 id, code, detail, ..
             } => Ok(failed(id, StepFailure::permanent(&code, detail))),
-            Outcome::Sending { .. } => Err(HandlerError::Retryable(
+            Outcome::Sending { retry_after, .. } => Err(HandlerError::Busy(
                 "another attempt of this notification is calling Telegram".into(),
+                retry_after + Duration::from_millis(50),
             )),
             Outcome::Pending { id, failure } => {
                 // No status yet: the saga may try again, and if it gives up the mission

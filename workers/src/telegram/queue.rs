@@ -73,6 +73,9 @@ pub struct QueuedMessageV1 {
     pub customer_id: CustomerId,
     /// The text (at most 4096 UTF-16 units).
     pub text: String,
+    /// The saga the message belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga_id: Option<contracts::SagaId>,
 }
 
 /// Makes the delivery counter visible on `/metrics` before the first message.
@@ -188,6 +191,7 @@ impl Queue {
         };
         let keyed = Message {
             key: Key::Idempotency(&queued.idempotency_key),
+            saga: queued.saga_id,
             customer: &queued.customer_id,
             text: &queued.text,
         };
@@ -247,6 +251,7 @@ mod tests {
             idempotency_key: "gift:1".into(),
             customer_id: "player-1".parse().expect("a customer id"),
             text: "hi".into(),
+            saga_id: None,
         };
         let value = serde_json::to_value(QueuedMessage::from(message.clone())).expect("encodes");
         assert_eq!(

@@ -135,15 +135,17 @@ pub async fn claim(
 pub async fn claim_keyed(
     conn: &mut PgConnection,
     key: &str,
+    saga: Option<SagaId>,
     customer: &CustomerId,
     text: &str,
 ) -> Result<Claimed, sqlx::Error> {
     sqlx::query(
-        "INSERT INTO notifications (id, idempotency_key, customer_id, text, status) \
-         VALUES ($1, $2, $3, $4, 'pending') ON CONFLICT (idempotency_key) DO NOTHING",
+        "INSERT INTO notifications (id, idempotency_key, saga_id, customer_id, text, status) \
+         VALUES ($1, $2, $3, $4, $5, 'pending') ON CONFLICT DO NOTHING",
     )
     .bind(NotificationId::new().0)
     .bind(key)
+    .bind(saga.map(|s| s.0))
     .bind(customer.as_str())
     .bind(text)
     .execute(&mut *conn)
@@ -203,7 +205,7 @@ pub async fn begin_sending(
 
 /// Records that Telegram accepted the message.
 pub async fn sent(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     id: Uuid,
     chat: i64,
     telegram_message_id: i64,
@@ -216,14 +218,14 @@ pub async fn sent(
     .bind(id)
     .bind(chat)
     .bind(telegram_message_id)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }
 
 /// Records a failed call: `pending` again when another attempt may succeed, else `failed`.
 pub async fn attempt_failed(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     id: Uuid,
     retryable: bool,
     chat: i64,
@@ -240,7 +242,7 @@ pub async fn attempt_failed(
     .bind(chat)
     .bind(error)
     .bind(i32::from(called_telegram))
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }

@@ -368,6 +368,7 @@ fn queued(key: &str, customer: &str, text: &str) -> Vec<u8> {
         idempotency_key: key.into(),
         customer_id: customer.parse().expect("a customer"),
         text: text.into(),
+        saga_id: None,
     }))
     .expect("encodes")
 }
