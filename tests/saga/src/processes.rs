@@ -39,7 +39,7 @@ pub const SERVICES: &[Service] = &[
     Service {
         binary: "orchestrator",
         addr_var: "SAGA_ORCHESTRATOR_ADDR",
-        routes: &["/v1/sagas", "/v1/dead-letters", "/ui"],
+        routes: &["/v1/sagas", "/v1/definitions", "/v1/dead-letters", "/ui"],
         keyed_posts: &["= /v1/sagas"],
         calls: &[],
         service_token: None,
@@ -578,8 +578,9 @@ pub struct Fleet {
 impl Fleet {
     /// Plans the processes: `env` gives each service replica's settings (replicas count from
     /// 0; the listen address and the URLs of the services it calls are added), `url_of` the
-    /// base URL under which a service calls another one (a gateway, or that service's first
-    /// replica when `None`).
+    /// base URL under which a service calls another one (a gateway; when `None`, the callee's
+    /// replica of the same number as the caller's, so that a client can get round a dead
+    /// callee replica by retrying on the other caller replica).
     pub fn plan(
         bin_dir: &Path,
         work: &Path,
@@ -594,8 +595,13 @@ impl Fleet {
                 ports.entry(service.binary).or_default().push(free_port()?);
             }
         }
-        let first_replica = |binary: &str| {
-            let port = ports.get(binary).and_then(|p| p.first()).copied();
+        // Replica `n` of a service calls replica `n` of another (wrapping around), so that one
+        // killed replica of the callee leaves the other caller replica a way through.
+        let same_replica = |binary: &str, replica: usize| {
+            let port = ports
+                .get(binary)
+                .filter(|p| !p.is_empty())
+                .map(|p| p[replica % p.len()]);
             format!("http://127.0.0.1:{}", port.unwrap_or(0))
         };
         let mut services = Vec::new();
@@ -604,7 +610,7 @@ impl Fleet {
                 let mut env = env(service, replica);
                 env.push((service.addr_var.to_owned(), format!("127.0.0.1:{port}")));
                 for (var, callee) in service.calls {
-                    let url = url_of.map_or_else(|| first_replica(callee), |f| f(callee));
+                    let url = url_of.map_or_else(|| same_replica(callee, replica), |f| f(callee));
                     env.push(((*var).to_owned(), url));
                 }
                 if let Some(var) = service.service_token {

@@ -1,6 +1,7 @@
 //! The long chaos suite: `saga-chaos --sagas 1000` runs the platform as separate processes
-//! under SIGKILLs and restarts of nats-server and PostgreSQL, prints one summary line and exits
-//! non-zero on any violation. Build the services first (`cargo build --release --workspace
+//! under SIGKILLs and restarts of nats-server and PostgreSQL, with gift exchanges beside the
+//! mission sagas (`--exchanges`, a fifth of `--sagas` by default), prints one summary line and
+//! exits non-zero on any violation. Build the services first (`cargo build --release --workspace
 //! --bins`); the binaries are looked for next to this one, or in `SAGA_BIN_DIR`.
 
 #![allow(
@@ -21,6 +22,9 @@ struct Args {
     /// Sagas to run.
     #[arg(long, default_value_t = 1000)]
     sagas: usize,
+    /// Gift exchanges to run beside them (default: a fifth of --sagas).
+    #[arg(long)]
+    exchanges: Option<usize>,
     /// Sagas started at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -37,6 +41,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config = ChaosConfig::new(args.sagas)?;
     config.concurrency = args.concurrency;
+    if let Some(exchanges) = args.exchanges {
+        config.exchanges = exchanges;
+    }
     config.spread = Duration::from_secs(args.spread_secs);
     if let Some(seed) = args.seed {
         config.seed = seed;

@@ -557,7 +557,8 @@ pub async fn run(config: ClusterConfig) -> anyhow::Result<ClusterSummary> {
     }
     watcher.abort();
     let planned = planned.lock().await;
-    let (outcomes, violations) = chaos::check_promises(&ends, &client, &planned, 0, true).await?;
+    let (outcomes, violations) =
+        chaos::check_promises(&ends, &client, &planned, None, 0, true).await?;
     summary.outcomes = outcomes;
     for violation in violations {
         match violation.kind {

@@ -783,7 +783,7 @@ pub async fn run(config: RolloutConfig) -> anyhow::Result<RolloutSummary> {
         summary.outcomes.insert(state, count);
     }
     let planned = planned.lock().await;
-    let (_, violations) = chaos::check_promises(&ends, &client, &planned, 0, false).await?;
+    let (_, violations) = chaos::check_promises(&ends, &client, &planned, None, 0, false).await?;
     for violation in violations {
         // A saga still running is counted above already.
         let still_open = ["ended running", "ended compensating"]
