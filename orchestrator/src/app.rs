@@ -1,11 +1,11 @@
 //! The orchestrator process: configuration, start-up (schema, streams, consumer), the
-//! background loops (reply consumers, timer sweeper, outbox relay, inbox pruning, the waiters'
+//! background loops (reply consumers, timer sweeper, outbox relay, stray sweeper, the waiters'
 //! subscription to saga announcements) and the HTTP server, all stopped by one shutdown token.
 //!
 //! Start-up is also recovery: every step timeout still armed is made due at once, so every
 //! command in flight is sent again immediately with its same command id (the workers' inboxes
 //! turn a command they already handled into a re-send of its stored reply), and the outbox
-//! relay's first pass publishes whatever a crash left in the outbox, whatever its age. Replies a
+//! relay's first pass publishes whatever events a crash left in the outbox, whatever its age. Replies a
 //! killed process had pulled but not acknowledged come back only after the consumer's ack wait,
 //! but the re-sent commands' replies do not wait for that: sagas in flight move on within
 //! seconds of a restart, not after the step timeout.
@@ -157,7 +157,8 @@ impl Orchestrator {
         api::router(self.api.clone()).split_for_parts()
     }
 
-    /// The saga page (`/ui`).
+    /// The saga page (`/ui`, `/ui/sagas/{id}`, `/ui/dead-letters`) and the API docs for people
+    /// (Swagger UI at `/docs`, over `/openapi.json`).
     pub fn ui(&self) -> Router {
         crate::ui::router(crate::ui::UiState {
             api: self.api.clone(),
@@ -259,19 +260,6 @@ impl Orchestrator {
             Duration::from_secs(self.config.stray_sweep_secs.max(1)),
             shutdown.clone(),
         ));
-        let store = self.engine.store().clone();
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            loop {
-                if let Err(error) = store.prune_inbox(Duration::from_secs(7 * 86_400)).await {
-                    tracing::warn!(%error, "inbox pruning failed");
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(600)) => {}
-                }
-            }
-        });
         Ok(())
     }
 

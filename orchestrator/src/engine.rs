@@ -1,10 +1,13 @@
 //! The engine: applies replies, fired timers and operator commands to sagas through the state
-//! machine and turns the resulting effects into store changes (outbox rows, timers, the saga's
-//! search keys as its definition derives them, its history entries). One transaction carries a
-//! whole batch; a version conflict or deadlock retries the batch with fresh state. After the
-//! commit it records metrics, announces every change of a saga's state to the waiters of every
-//! replica ([`crate::watch`]) and publishes the outbox. It also records a span per step attempt,
-//! with the definition's search keys as span attributes.
+//! machine and turns the resulting effects into store changes (commands to send, event outbox
+//! rows, timers, the saga's search keys as its definition derives them, its history entries).
+//! One transaction carries a whole batch; a version conflict or deadlock retries the batch with
+//! fresh state. A reply needs no inbox: the machine applies only the answer to the attempt in
+//! flight, so a duplicate, a late or a replayed reply finds its attempt over and is ignored.
+//! After the commit it records metrics, announces every change of a saga's state to the
+//! waiters of every replica ([`crate::watch`]), publishes the commands (a lost publish is
+//! re-sent by the step timeout, which the saga row already holds) and the events. It also
+//! records a span per step attempt, with the definition's search keys as span attributes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,13 +38,14 @@ type Pending = (Saga, Vec<Effect>);
 pub enum ReplyOutcome {
     /// Applied: the saga moved.
     Applied,
-    /// Already seen (inbox) or not current for its saga (stale): nothing changed.
+    /// Not an answer to the attempt in flight (a duplicate, a late or a replayed reply):
+    /// nothing changed.
     Ignored,
     /// No saga with that id, or no definition for it: the message is a dead letter.
     Unknown(String),
     /// Not a genuine answer to the command in flight (wrong worker, wrong command id, an output
-    /// the step may not produce): a dead letter, and the saga does not move. It is not recorded
-    /// in the inbox, so the genuine reply is still applied when it comes.
+    /// the step may not produce): a dead letter, and the saga does not move; the genuine reply
+    /// is still applied when it comes.
     Refused(String),
 }
 
@@ -164,6 +168,7 @@ impl Engine {
     ) -> Result<Change, serde_json::Error> {
         let history = crate::history::derive(before.as_ref().map(|b| &b.saga), &after, &effects);
         let mut timer = TimerChange::default();
+        let mut commands = Vec::new();
         let mut outbox = Vec::new();
         for effect in effects {
             match effect {
@@ -182,7 +187,7 @@ impl Engine {
                         body: command.body,
                     };
                     let subject = self.topology.command_subject(command.action);
-                    outbox.push(OutboxMessage::new(encode(subject, &envelope)?));
+                    commands.push(encode(subject, &envelope)?);
                 }
                 Effect::SetTimer { timer: t, after } => timer.arm(t, after),
                 Effect::ClearTimer => timer.clear(),
@@ -206,6 +211,7 @@ impl Engine {
             before,
             after,
             timer,
+            commands,
             outbox,
             search_keys,
             history,
@@ -222,10 +228,8 @@ impl Engine {
         loop {
             attempt += 1;
             match self.try_apply_replies(replies).await {
-                Ok((outcomes, outbox)) => {
-                    if let Err(error) = self.publisher.publish(&outbox).await {
-                        tracing::warn!(%error, "publishing after commit failed; the relay will retry");
-                    }
+                Ok((outcomes, changes)) => {
+                    self.dispatch(changes).await;
                     return Ok(outcomes);
                 }
                 Err(error) if error.is_transient() && attempt < TRANSIENT_RETRIES => {
@@ -239,7 +243,7 @@ impl Engine {
     async fn try_apply_replies(
         &self,
         received: &[Received],
-    ) -> Result<(Vec<ReplyOutcome>, Vec<OutboxMessage>), StoreError> {
+    ) -> Result<(Vec<ReplyOutcome>, Vec<Change>), StoreError> {
         let mut tx = self.store.begin().await?;
         let mut spans = Vec::new();
         let saga_ids: Vec<SagaId> = received.iter().map(|r| r.reply.saga_id).collect();
@@ -264,21 +268,10 @@ impl Engine {
                     .map(ReplyOutcome::Refused)
             })
             .collect();
-        let genuine: Vec<MessageId> = received
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, outcome)| outcome.is_none())
-            .map(|(r, _)| r.reply.message_id)
-            .collect();
-        let fresh = Store::admit(&mut tx, &genuine).await?;
         let mut current: HashMap<SagaId, Pending> = HashMap::new();
         let now = Utc::now();
         for (Received { reply, .. }, outcome) in received.iter().zip(outcomes.iter_mut()) {
             if outcome.is_some() {
-                continue;
-            }
-            if !fresh.contains(&reply.message_id) {
-                *outcome = Some(ReplyOutcome::Ignored);
                 continue;
             }
             let Some(stored) = loaded.get(&reply.saga_id) else {
@@ -326,13 +319,12 @@ impl Engine {
         tx.commit().await?;
         changes.iter().for_each(crate::observe::record);
         self.watch.announce(&changes).await;
-        let outbox = changes.into_iter().flat_map(|c| c.outbox).collect();
         spans.into_iter().for_each(runtime::telemetry::record_span);
         let outcomes = outcomes
             .into_iter()
             .map(|o| o.unwrap_or(ReplyOutcome::Ignored))
             .collect();
-        Ok((outcomes, outbox))
+        Ok((outcomes, changes))
     }
 
     /// Fires up to `limit` due timers in one transaction and publishes what they sent. Returns
@@ -342,10 +334,8 @@ impl Engine {
         loop {
             attempt += 1;
             match self.try_fire_timers(limit).await {
-                Ok((fired, outbox)) => {
-                    if let Err(error) = self.publisher.publish(&outbox).await {
-                        tracing::warn!(%error, "publishing after commit failed; the relay will retry");
-                    }
+                Ok((fired, changes)) => {
+                    self.dispatch(changes).await;
                     return Ok(fired);
                 }
                 Err(error) if error.is_transient() && attempt < TRANSIENT_RETRIES => {}
@@ -354,7 +344,7 @@ impl Engine {
         }
     }
 
-    async fn try_fire_timers(&self, limit: i64) -> Result<(usize, Vec<OutboxMessage>), StoreError> {
+    async fn try_fire_timers(&self, limit: i64) -> Result<(usize, Vec<Change>), StoreError> {
         let mut tx = self.store.begin().await?;
         let due: Vec<(SagaId, crate::machine::Timer)> = Store::due_timers(&mut tx, limit)
             .await?
@@ -415,8 +405,7 @@ impl Engine {
         tx.commit().await?;
         changes.iter().for_each(crate::observe::record);
         self.watch.announce(&changes).await;
-        let outbox = changes.into_iter().flat_map(|c| c.outbox).collect();
-        Ok((due.len(), outbox))
+        Ok((due.len(), changes))
     }
 
     /// Applies an operator's input (cancel, retry) to one saga, recording the action in its
@@ -449,10 +438,8 @@ impl Engine {
             loop {
                 attempt += 1;
                 match self.try_command(chunk, input, operator).await {
-                    Ok((chunk_outcomes, outbox)) => {
-                        if let Err(error) = self.publisher.publish(&outbox).await {
-                            tracing::warn!(%error, "publishing after commit failed; the relay will retry");
-                        }
+                    Ok((chunk_outcomes, changes)) => {
+                        self.dispatch(changes).await;
                         outcomes.extend(chunk_outcomes);
                         break;
                     }
@@ -470,7 +457,7 @@ impl Engine {
         ids: &[SagaId],
         input: &Input,
         operator: &OperatorAction,
-    ) -> Result<(Vec<(SagaId, Result<Saga, Ignored>)>, Vec<OutboxMessage>), StoreError> {
+    ) -> Result<(Vec<(SagaId, Result<Saga, Ignored>)>, Vec<Change>), StoreError> {
         let mut tx = self.store.begin().await?;
         let loaded = store::load_many(&mut tx, ids).await?;
         let now = Utc::now();
@@ -507,8 +494,7 @@ impl Engine {
         tx.commit().await?;
         changes.iter().for_each(crate::observe::record);
         self.watch.announce(&changes).await;
-        let outbox = changes.into_iter().flat_map(|c| c.outbox).collect();
-        Ok((outcomes, outbox))
+        Ok((outcomes, changes))
     }
 
     /// Creates and starts saga `id` (drawn by the caller, so that it can wait for the saga
@@ -531,18 +517,50 @@ impl Engine {
         let change = self
             .change(None, started.saga.clone(), started.effects)
             .map_err(|e| StoreError::Corrupt(saga.id.0, e.to_string()))?;
-        let outbox = change.outbox.clone();
         let observed = change.clone();
         match self.store.create(change, idempotency).await? {
             Ok(()) => {
                 crate::observe::record(&observed);
                 self.watch.announce(std::slice::from_ref(&observed)).await;
-                if let Err(error) = self.publisher.publish(&outbox).await {
-                    tracing::warn!(%error, "publishing the first command failed; the relay will retry");
-                }
+                self.dispatch(vec![observed]).await;
                 Ok(Ok(started.saga))
             }
             Err(existing) => Ok(Err(existing)),
+        }
+    }
+
+    /// Publishes what committed changes send: their commands straight to JetStream, pipelined
+    /// (the saga row records the command in flight, so a command whose publish fails is sent
+    /// again by its step timeout, made due at once here), and their events through the outbox.
+    async fn dispatch(&self, changes: Vec<Change>) {
+        let mut commands = Vec::new();
+        let mut outbox = Vec::new();
+        for change in changes {
+            let id = change.after.id;
+            commands.extend(change.commands.into_iter().map(|c| (id, c)));
+            outbox.extend(change.outbox);
+        }
+        let js = self.publisher.jetstream();
+        let (sent, events) = futures::future::join(
+            runtime::jetstream::publish_many(js, commands.iter().map(|(_, c)| (c, None)).collect()),
+            self.publisher.publish(&outbox),
+        )
+        .await;
+        let mut lost: Vec<SagaId> = commands
+            .iter()
+            .zip(&sent)
+            .filter(|(_, result)| result.is_err())
+            .map(|((id, _), _)| *id)
+            .collect();
+        if let Some(Err(error)) = sent.into_iter().find(Result::is_err) {
+            lost.dedup();
+            tracing::warn!(%error, sagas = lost.len(), "publishing commands failed; their step timeouts send them again now");
+            if let Err(error) = self.store.hasten_step_timeouts(&lost).await {
+                tracing::warn!(%error, "hastening step timeouts failed; they send the commands when they fire");
+            }
+        }
+        if let Err(error) = events {
+            tracing::warn!(%error, "publishing events after commit failed; the relay will retry");
         }
     }
 }

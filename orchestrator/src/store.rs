@@ -1,5 +1,5 @@
 //! All SQL of the orchestrator: loading sagas, writing their changes (version-checked), timers,
-//! the reply inbox, idempotency keys, the saga history and the list queries of the API. Writes
+//! idempotency keys, the saga history and the list queries of the API. Writes
 //! are batched with `UNNEST` so that one transaction carries the changes of many sagas, their
 //! history entries included. A saga's search keys (what its definition says it can be found by)
 //! are one `jsonb` column, written with every change and matched with `@>`, so the store names
@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use contracts::{MessageId, Phase, SagaId};
+use contracts::{Phase, SagaId};
+use runtime::jetstream::Outgoing;
 use runtime::outbox::OutboxMessage;
 use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
@@ -70,7 +71,10 @@ pub struct Change {
     pub after: Saga,
     /// Its timers.
     pub timer: TimerChange,
-    /// Messages to publish.
+    /// Commands to publish after commit. They need no outbox row: the saga row records the
+    /// command in flight, and its step timeout sends it again if the publish is lost.
+    pub commands: Vec<Outgoing>,
+    /// Events to publish through the outbox (written in the same statement).
     pub outbox: Vec<OutboxMessage>,
     /// The saga's search keys after the change, by name (its definition's
     /// [`crate::definition::SagaDefinition::search_values`]).
@@ -336,34 +340,20 @@ impl Store {
         Ok(Ok(()))
     }
 
-    /// Ids of replies not seen before, recording them in the inbox (inside `conn`'s
-    /// transaction, so a rolled-back batch forgets them again).
-    pub async fn admit(
-        conn: &mut PgConnection,
-        ids: &[MessageId],
-    ) -> Result<Vec<MessageId>, StoreError> {
-        let ids: Vec<Uuid> = ids.iter().map(|m| m.0).collect();
-        let fresh: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO inbox (message_id) SELECT * FROM UNNEST($1::uuid[]) \
-             ON CONFLICT DO NOTHING RETURNING message_id",
-        )
-        .bind(&ids)
-        .fetch_all(conn)
-        .await?;
-        Ok(fresh.into_iter().map(MessageId).collect())
-    }
-
-    /// Locks up to `limit` due timers, skipping those another replica holds; each with how
-    /// late it is.
+    /// Locks the sagas of up to `limit` due timers, skipping sagas another transaction holds
+    /// (a reply batch moving them, another replica's sweep); each timer with how late it is.
+    /// Locking the saga, not the timer, keeps one lock order for every writer: saga first,
+    /// then its timers.
     pub async fn due_timers(
         conn: &mut PgConnection,
         limit: i64,
     ) -> Result<Vec<(SagaId, Timer, Duration)>, StoreError> {
         read("due_timers");
         let rows: Vec<(Uuid, String, i16, String, i32, f64)> = sqlx::query_as(
-            "SELECT saga_id, kind, step_index, phase, attempt, \
-                    extract(epoch FROM clock_timestamp() - due_at)::float8 \
-             FROM timers WHERE due_at <= now() ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT t.saga_id, t.kind, t.step_index, t.phase, t.attempt, \
+                    extract(epoch FROM clock_timestamp() - t.due_at)::float8 \
+             FROM timers t JOIN sagas s ON s.id = t.saga_id WHERE t.due_at <= now() \
+             ORDER BY t.due_at LIMIT $1 FOR UPDATE OF s SKIP LOCKED",
         )
         .bind(limit)
         .fetch_all(conn)
@@ -424,14 +414,19 @@ impl Store {
         Ok((counts, oldest.unwrap_or(0.0)))
     }
 
-    /// Forgets inbox entries older than `age` (a reply older than that is not redelivered).
-    pub async fn prune_inbox(&self, age: Duration) -> Result<u64, StoreError> {
-        let done =
-            sqlx::query("DELETE FROM inbox WHERE received_at < now() - make_interval(secs => $1)")
-                .bind(age.as_secs_f64())
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected())
+    /// How many sagas are in each state, for the saga page: one query that counts each state
+    /// through the `(state, created_at, id)` index and stops at `cap`, so that it stays cheap
+    /// however many sagas are kept (a count equal to `cap` means "at least").
+    pub async fn count_by_state(&self, cap: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        read("count_by_state");
+        Ok(sqlx::query_as(
+            "SELECT s.state::text, (SELECT count(*) FROM (SELECT 1 FROM sagas \
+             WHERE state = s.state LIMIT $1) AS capped) \
+             FROM unnest(enum_range(NULL::saga_state)) AS s(state)",
+        )
+        .bind(cap)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Makes every armed step timeout (the wait for a reply to a command in flight) due now,
@@ -444,6 +439,21 @@ impl Store {
                 .bind(label(&TimerKind::StepTimeout))
                 .execute(&self.pool)
                 .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Makes the step timeouts of `sagas` due now: their commands' publish failed after the
+    /// commit, and the timeout's firing sends them again (with the same command id).
+    pub async fn hasten_step_timeouts(&self, sagas: &[SagaId]) -> Result<u64, StoreError> {
+        let ids: Vec<Uuid> = sagas.iter().map(|s| s.0).collect();
+        let done = sqlx::query(
+            "UPDATE timers SET due_at = now() WHERE saga_id = ANY($1) AND kind = $2 \
+             AND due_at > now()",
+        )
+        .bind(&ids)
+        .bind(label(&TimerKind::StepTimeout))
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 
@@ -673,9 +683,13 @@ fn int(value: u32) -> i32 {
 }
 
 impl Batch {
+    /// The columns of `changes`, in the order of their saga ids: every writer locks the rows of
+    /// its sagas in that one order, so two batches never wait for each other in a cycle.
     fn of(changes: &[Change]) -> Self {
+        let mut ordered: Vec<&Change> = changes.iter().collect();
+        ordered.sort_by_key(|c| c.after.id);
         let mut b = Batch::default();
-        for change in changes {
+        for change in ordered {
             let id = change.after.id.0;
             if change.timer.clear_all && change.timer.set.is_empty() {
                 b.cleared.push(id);

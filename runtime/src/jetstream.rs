@@ -256,6 +256,35 @@ pub async fn publish(
     Ok(())
 }
 
+/// Publishes messages pipelined (every publish is sent before any ack is awaited), each with
+/// its optional dedup id, and returns one result per message, in order.
+pub async fn publish_many(
+    js: &jetstream::Context,
+    messages: Vec<(&Outgoing, Option<String>)>,
+) -> Vec<Result<(), PublishError>> {
+    let mut pending = Vec::new();
+    for (outgoing, msg_id) in messages {
+        let sent = js
+            .publish_with_headers(
+                outgoing.subject.clone(),
+                header_map(&outgoing.headers, msg_id.as_deref()),
+                Bytes::from(outgoing.payload.clone()),
+            )
+            .await;
+        pending.push(sent);
+    }
+    futures::future::join_all(pending.into_iter().map(|sent| async move {
+        match sent {
+            Ok(ack) => ack
+                .await
+                .map(|_| ())
+                .map_err(|e| PublishError(e.to_string())),
+            Err(e) => Err(PublishError(e.to_string())),
+        }
+    }))
+    .await
+}
+
 /// A publish JetStream did not acknowledge.
 #[derive(Debug, thiserror::Error)]
 #[error("publish failed: {0}")]

@@ -11,14 +11,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use bytes::Bytes;
-use futures::future::join_all;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::jetstream::{Outgoing, header_map};
+use crate::jetstream::Outgoing;
 
 /// One row of the outbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,6 +236,11 @@ impl Publisher {
         Ok(done.len())
     }
 
+    /// The JetStream context it publishes with.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
     /// Rows waiting to be published (the outbox backlog).
     pub async fn backlog(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT count(*) FROM outbox")
@@ -268,23 +271,15 @@ async fn publish_all(
     js: &jetstream::Context,
     messages: &[OutboxMessage],
 ) -> Vec<Result<(), String>> {
-    let mut pending = Vec::with_capacity(messages.len());
-    for message in messages {
-        let id = message.id.to_string();
-        let sent = js
-            .publish_with_headers(
-                message.outgoing.subject.clone(),
-                header_map(&message.outgoing.headers, Some(&id)),
-                Bytes::from(message.outgoing.payload.clone()),
-            )
-            .await;
-        pending.push(sent);
-    }
-    join_all(pending.into_iter().map(|sent| async move {
-        match sent {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        }
-    }))
+    crate::jetstream::publish_many(
+        js,
+        messages
+            .iter()
+            .map(|m| (&m.outgoing, Some(m.id.to_string())))
+            .collect(),
+    )
     .await
+    .into_iter()
+    .map(|r| r.map_err(|e| e.0))
+    .collect()
 }

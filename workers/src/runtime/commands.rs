@@ -1,15 +1,20 @@
 //! The command loop: a worker's durable pull consumer, handled in batches.
 //!
-//! For each batch the inbox is read first: a command handled before re-sends its stored reply
+//! For each batch the inbox is read first: a command handled before re-sends its stored answer
 //! and changes nothing. Commands whose handling calls another service ([`Mode::Calls`]) run
 //! next, concurrently and outside any transaction, each within [`CALL_BUDGET`] so that no call
 //! outlives the message's ack wait; their handlers keep their own effects idempotent. The
 //! other commands run in one PostgreSQL transaction, which also writes the inbox rows of the
-//! whole batch and the outbox (replies and domain events). Without a failure the batch needs no
-//! savepoints; when one command fails, the transaction is redone with a savepoint per command.
-//! After commit the outbox is published and every message settled by the runtime's one consume
-//! policy: ack, retry later (a [`HandlerError::Retryable`]) or dead letter (a
-//! [`HandlerError::Fatal`], an undecodable message).
+//! whole batch, each with its command's answer (the reply, the domain events and any other
+//! messages). Without a failure the batch needs no savepoints; when one command fails, the
+//! transaction is redone with a savepoint per command.
+//!
+//! After commit the answers are published, pipelined, with no outbox row: a command is
+//! acknowledged only once JetStream has its whole answer, so a publish that fails (or a crash
+//! before it) leaves the command to be delivered again, and the inbox turns that delivery into
+//! a re-send of the same answer. Every message is settled by the runtime's one consume policy:
+//! ack, retry later (a [`HandlerError::Retryable`], an answer not yet published) or dead
+//! letter (a [`HandlerError::Fatal`], an undecodable message).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,12 +26,12 @@ use contracts::{Command, Envelope, EventEnvelope, MessageId, Reply, Topology, Wo
 use futures::StreamExt;
 use runtime::consume::{self, Verdict};
 use runtime::jetstream::{Outgoing, encode};
-use runtime::outbox::{self, OutboxMessage, Publisher};
+use runtime::outbox::{OutboxMessage, Publisher};
 use sqlx::{Acquire, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::inbox::{self, InboxRows};
+use super::inbox::{self, Answer, InboxRows};
 use super::{Handled, Handler, HandlerError, Mode};
 
 /// The longest a command that calls another service may take: well inside the consumer's ack
@@ -63,6 +68,8 @@ struct Pending {
     message: jetstream::Message,
     command: Option<Envelope<Command>>,
     verdict: Verdict,
+    /// What to publish before the command is acknowledged.
+    answer: Option<Answer>,
 }
 
 impl<H: Handler> CommandLoop<H> {
@@ -138,11 +145,13 @@ impl<H: Handler> CommandLoop<H> {
                     message,
                     command: Some(command),
                     verdict: Verdict::Ack,
+                    answer: None,
                 },
                 Err(reason) => Pending {
                     message,
                     command: None,
                     verdict: Verdict::DeadLetter(reason),
+                    answer: None,
                 },
             })
             .collect();
@@ -152,11 +161,7 @@ impl<H: Handler> CommandLoop<H> {
         batch.sort_by_key(|p| p.command.as_ref().map(|c| (c.saga_id, c.message_id)));
         tracing::debug!(commands = batch.len(), "command batch");
         match self.process(&mut batch).await {
-            Ok(outbox) => {
-                if let Err(error) = self.publisher.publish(&outbox).await {
-                    tracing::warn!(%error, "publishing replies failed; the relay will retry");
-                }
-            }
+            Ok(()) => self.publish_answers(&mut batch).await,
             Err(error) => {
                 tracing::warn!(%error, "command batch failed; redelivering");
                 for p in batch.iter_mut().filter(|p| p.verdict == Verdict::Ack) {
@@ -172,6 +177,28 @@ impl<H: Handler> CommandLoop<H> {
             })
             .collect();
         futures::future::join_all(settled).await;
+    }
+
+    /// Publishes every answer of the batch; a command whose answer JetStream did not take is
+    /// delivered again (and then re-sends its stored answer) instead of acknowledged.
+    async fn publish_answers(&self, batch: &mut [Pending]) {
+        let mut owners = Vec::new();
+        let mut messages = Vec::new();
+        for (index, p) in batch.iter().enumerate() {
+            for message in p.answer.iter().flat_map(Answer::messages) {
+                owners.push(index);
+                messages.push(message);
+            }
+        }
+        let published = runtime::jetstream::publish_many(&self.js, messages).await;
+        for (index, result) in owners.into_iter().zip(published) {
+            if let Err(error) = result
+                && batch[index].verdict == Verdict::Ack
+            {
+                tracing::warn!(%error, "publishing an answer failed; the command is delivered again");
+                batch[index].verdict = Verdict::RetryLater(error.to_string());
+            }
+        }
     }
 
     /// Decodes a command and checks that it is one this worker may act on: the action the
@@ -205,18 +232,17 @@ impl<H: Handler> CommandLoop<H> {
         Ok(command)
     }
 
-    async fn process(&self, batch: &mut [Pending]) -> Result<Vec<OutboxMessage>, sqlx::Error> {
+    async fn process(&self, batch: &mut [Pending]) -> Result<(), sqlx::Error> {
         let ids: Vec<MessageId> = batch
             .iter()
             .filter_map(|p| p.command.as_ref().map(|c| c.message_id))
             .collect();
-        let seen = inbox::stored_replies(&self.pool, &ids).await?;
+        let seen = inbox::stored_answers(&self.pool, &ids).await?;
         let called = self.call_out(batch, &seen).await;
-        if let Some(outbox) = self.transact(batch, &seen, &called, false).await? {
-            return Ok(outbox);
+        if !self.transact(batch, &seen, &called, false).await? {
+            self.transact(batch, &seen, &called, true).await?;
         }
-        let careful = self.transact(batch, &seen, &called, true).await?;
-        Ok(careful.unwrap_or_default())
+        Ok(())
     }
 
     /// Runs the batch's calling commands concurrently, outside any transaction, each within
@@ -224,7 +250,7 @@ impl<H: Handler> CommandLoop<H> {
     async fn call_out(
         &self,
         batch: &[Pending],
-        seen: &HashMap<MessageId, Outgoing>,
+        seen: &HashMap<MessageId, Answer>,
     ) -> HashMap<MessageId, Result<Handled, HandlerError>> {
         let mut calls = Vec::new();
         for command in batch.iter().filter_map(|p| p.command.as_ref()) {
@@ -261,31 +287,31 @@ impl<H: Handler> CommandLoop<H> {
     }
 
     /// Handles the batch's other commands in one transaction and records every answer (the
-    /// calls' too) in the inbox and the outbox. Without `careful`, the first command that fails
-    /// rolls everything back and `None` is returned, so that the batch is handled again with a
-    /// savepoint per command; most batches never fail and skip the savepoints' round trips.
+    /// calls' too) in the inbox, and in each command's [`Pending::answer`] for publishing after
+    /// commit. Without `careful`, the first command that fails rolls everything back and
+    /// `false` is returned, so that the batch is handled again with a savepoint per command;
+    /// most batches never fail and skip the savepoints' round trips.
     async fn transact(
         &self,
         batch: &mut [Pending],
-        seen: &HashMap<MessageId, Outgoing>,
+        seen: &HashMap<MessageId, Answer>,
         called: &HashMap<MessageId, Result<Handled, HandlerError>>,
         careful: bool,
-    ) -> Result<Option<Vec<OutboxMessage>>, sqlx::Error> {
+    ) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let mut answered: HashMap<MessageId, Outgoing> = HashMap::new();
-        let mut outbox = Vec::new();
+        let mut answered: HashMap<MessageId, Answer> = HashMap::new();
         let mut rows = InboxRows::default();
         for p in batch.iter_mut() {
+            p.answer = None;
             let Some(command) = &p.command else {
                 continue;
             };
             let stored = seen.get(&command.message_id);
-            if let Some(reply) = stored.or_else(|| answered.get(&command.message_id)) {
-                tracing::debug!(message_id = %command.message_id, "duplicate command: re-sending the stored reply");
-                outbox.push(OutboxMessage::new(Outgoing {
-                    subject: self.reply_subject(command),
-                    ..reply.clone()
-                }));
+            if let Some(answer) = stored.or_else(|| answered.get(&command.message_id)) {
+                tracing::debug!(message_id = %command.message_id, "duplicate command: re-sending the stored answer");
+                let mut answer = answer.clone();
+                answer.reply.subject = self.reply_subject(command);
+                p.answer = Some(answer);
                 continue;
             }
             let handled = match called.get(&command.message_id) {
@@ -314,7 +340,7 @@ impl<H: Handler> CommandLoop<H> {
                             .await;
                         if handled.is_err() {
                             tx.rollback().await?;
-                            return Ok(None);
+                            return Ok(false);
                         }
                         handled
                     };
@@ -324,11 +350,10 @@ impl<H: Handler> CommandLoop<H> {
             };
             match handled {
                 Ok(handled) => {
-                    let (reply, others) = self.outgoing(command, handled);
-                    rows.push(command.message_id, &reply);
-                    outbox.push(OutboxMessage::new(reply.clone()));
-                    outbox.extend(others);
-                    answered.insert(command.message_id, reply);
+                    let answer = self.answer(command, handled);
+                    rows.push(command.message_id, &answer);
+                    answered.insert(command.message_id, answer.clone());
+                    p.answer = Some(answer);
                 }
                 Err(HandlerError::Retryable(reason)) => {
                     tracing::warn!(saga_id = %command.saga_id, step = %command.step, %reason, "command will be retried");
@@ -341,9 +366,8 @@ impl<H: Handler> CommandLoop<H> {
             }
         }
         rows.insert(&mut tx).await?;
-        outbox::insert(&mut tx, &outbox).await?;
         tx.commit().await?;
-        Ok(Some(outbox))
+        Ok(true)
     }
 
     /// Where this worker answers `command`.
@@ -352,12 +376,8 @@ impl<H: Handler> CommandLoop<H> {
             .reply_subject(&command.saga_type, self.handler.worker())
     }
 
-    /// The reply to `command`, and the outbox rows of the events and other messages it made.
-    fn outgoing(
-        &self,
-        command: &Envelope<Command>,
-        handled: Handled,
-    ) -> (Outgoing, Vec<OutboxMessage>) {
+    /// The answer to `command`: its reply, and the events and other messages it made.
+    fn answer(&self, command: &Envelope<Command>, handled: Handled) -> Answer {
         let reply = command.reply(handled.reply);
         let subject = self.reply_subject(command);
         let reply = encode(subject.clone(), &reply).unwrap_or_else(|error| Outgoing {
@@ -375,7 +395,10 @@ impl<H: Handler> CommandLoop<H> {
             })
             .chain(handled.messages.into_iter().map(OutboxMessage::new))
             .collect();
-        (reply, others)
+        Answer {
+            reply,
+            followups: others,
+        }
     }
 }
 
