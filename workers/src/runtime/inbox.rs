@@ -83,14 +83,13 @@ pub async fn stored_answers(
     ids: &[MessageId],
 ) -> Result<HashMap<MessageId, Answer>, sqlx::Error> {
     let ids: Vec<Uuid> = ids.iter().map(|m| m.0).collect();
-    let rows: Vec<(Uuid, String, serde_json::Value, Vec<u8>, serde_json::Value)> =
-        sqlx::query_as(
-            "SELECT message_id, reply_subject, reply_headers, reply_payload, followups \
+    let rows: Vec<(Uuid, String, serde_json::Value, Vec<u8>, serde_json::Value)> = sqlx::query_as(
+        "SELECT message_id, reply_subject, reply_headers, reply_payload, followups \
              FROM inbox WHERE message_id = ANY($1)",
-        )
-        .bind(&ids)
-        .fetch_all(pool)
-        .await?;
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
     Ok(rows
         .into_iter()
         .map(|(id, subject, headers, payload, followups)| {
