@@ -235,10 +235,18 @@ ensure_chromium() {
   fi
 }
 
+ensure_prometheus() {
+  if [ ! -x /usr/bin/promtool ] || [ ! -x /usr/bin/prometheus ]; then
+    say "installing Prometheus (promtool and a server for the alert and dashboard tests)"
+    apt_install prometheus
+  fi
+}
+
 run_tests() {
   ensure_toolchain
   services
   ensure_chromium
+  ensure_prometheus
   # The chaos test runs the service binaries as separate processes: build them first.
   cargo build --workspace --bins
   cargo test --workspace --all-targets

@@ -57,9 +57,22 @@ pub struct DeadLetterPage {
 #[into_params(parameter_in = Query)]
 pub struct DeadLetterQuery {
     /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
     /// Only dead letters older than this id.
+    #[param(schema_with = sequence)]
     pub before: Option<u64>,
+}
+
+/// A stream sequence: 0 to 2^64 - 1.
+fn sequence() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(0))
+        .maximum(Some(u64::MAX))
+        .description(Some("Only dead letters older than this id."))
+        .into()
 }
 
 /// What a replay did.
@@ -117,7 +130,8 @@ async fn stream(state: &ApiState) -> Result<jetstream::stream::Stream, ApiError>
     params(DeadLetterQuery),
     responses(
         (status = 200, description = "A page of dead letters", body = DeadLetterPage),
-        (status = 400, description = "A bad limit", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad limit or `before`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "JetStream did not answer", body = Problem, content_type = "application/problem+json"),
     ),
     tag = "dead-letters"
 )]
@@ -160,7 +174,7 @@ pub async fn list_dead_letters(
 #[utoipa::path(
     delete,
     path = "/v1/dead-letters/{id}",
-    params(("id" = u64, Path, description = "The dead letter's id")),
+    params(("id" = u64, Path, minimum = 1, description = "The dead letter's id")),
     responses(
         (status = 204, description = "Discarded"),
         (status = 404, description = "No such dead letter", body = Problem, content_type = "application/problem+json"),
@@ -198,12 +212,13 @@ pub async fn discard_dead_letter(
 #[utoipa::path(
     post,
     path = "/v1/dead-letters/{id}/replay",
-    params(("id" = u64, Path, description = "The dead letter's id")),
+    params(("id" = u64, Path, minimum = 1, description = "The dead letter's id")),
     responses(
         (status = 202, description = "Replayed", body = Replayed),
         (status = 404, description = "No such dead letter", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The dead letter was truncated", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Its original subject is not one of the platform's streams", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Its original subject is not one of the platform's streams (`dead_letter_not_replayable`), or it names none (`dead_letter_without_subject`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "JetStream did not answer", body = Problem, content_type = "application/problem+json"),
     ),
     tag = "dead-letters"
 )]

@@ -1,28 +1,38 @@
-//! The saga page: a server-rendered view for operators, with nothing loaded from elsewhere, so
-//! that it works offline. `/ui` lists sagas (filters by state, type and every search key the
-//! definitions declare, such as customer and mission, each also a column; it refreshes itself
-//! every 5 s), `/ui/sagas/{id}` shows one saga's timeline: a lane of forward steps and a lane of
-//! compensations, each with its attempts, errors and durations, and a link to the saga's trace
-//! built from `SAGA_TRACE_URL_TEMPLATE`. While the saga is not terminal, its page follows it
-//! live: one small script served from here (`/ui/assets/live.js`, allowed by the page's
-//! `script-src 'self'`) listens to `/v1/sagas/{id}/events` and shows the page again when the
-//! saga's state changes; without script the page refreshes itself every 5 s instead.
+//! The saga page: server-rendered pages for operators, with nothing loaded from elsewhere, so
+//! that it works offline and under the page's Content-Security-Policy (`script-src 'self'`: no
+//! inline script; every script is a file under `/ui/assets/`).
+//!
+//! - `/ui` ([`list`]): counts by state, the sagas newest first, filtered by state, type and
+//!   every search key the definitions declare, 100 a page with a keyset cursor, kept current by
+//!   `/ui/assets/list.js` (a short poll of the page itself; without script the page refreshes
+//!   itself every 5 s).
+//! - `/ui/sagas/{id}` ([`detail`]): one saga's lanes of forward steps and compensations, its
+//!   full history as a timeline (the data of `GET /v1/sagas/{id}/history`), a link to its trace,
+//!   and cancel and retry buttons. While the saga is not terminal, `/ui/assets/live.js` follows
+//!   its server-sent events and shows the page again when its state changes.
+//! - `/ui/dead-letters` ([`dead_letters`]): what no consumer could handle, newest first, with
+//!   replay and discard buttons.
+//! - `/docs` ([`docs`]): Swagger UI over `/openapi.json`, its files compiled in.
+//!
+//! The buttons act through the API itself (`/ui/assets/actions.js`: a `confirm()`, then a
+//! same-origin `fetch` that carries the login cookie), so the edge checks the token's scope
+//! exactly as for any other client, and the page shows the API's answer, a `403` for a token
+//! without `operate` included. A token without `operate` sees the buttons disabled.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+mod assets;
+mod dead_letters;
+mod detail;
+mod docs;
+mod list;
 
+use axum::Extension;
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::Html;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use contracts::SagaId;
+use runtime::auth::{Caller, Needed, Scope};
 
-use crate::api::{ApiState, SagaView};
-use crate::definition::key_noun;
-use crate::machine::SagaState;
-use crate::store::ListFilter;
+use crate::api::ApiState;
 
 /// What the page needs besides the API's state.
 #[derive(Clone)]
@@ -33,49 +43,15 @@ pub struct UiState {
     pub trace_url_template: String,
 }
 
-/// `/ui`, `/ui/sagas/{id}` and the page's script.
+/// `/ui`, `/ui/sagas/{id}`, `/ui/dead-letters`, the page's scripts, and the API docs at `/docs`.
 pub fn router(state: UiState) -> Router {
     Router::new()
-        .route("/ui", get(list))
-        .route("/ui/sagas/{id}", get(detail))
-        .route("/ui/assets/live.js", get(live_script))
+        .route("/ui", get(list::show))
+        .route("/ui/sagas/{id}", get(detail::show))
+        .route("/ui/dead-letters", get(dead_letters::show))
+        .route("/ui/assets/{name}", get(assets::serve))
         .with_state(state)
-}
-
-/// The script of a saga's page: follows the saga's events and shows the page again when its
-/// state changes; stops listening once the saga is terminal.
-const LIVE_JS: &str = r#"// Follows the saga shown on this page (its server-sent events) and shows the page again when
-// the saga's state changes. Served by the orchestrator: the page loads nothing from elsewhere.
-(function () {
-  "use strict";
-  var page = document.getElementById("saga");
-  if (!page || !window.EventSource) { return; }
-  var shown = page.getAttribute("data-state");
-  var terminal = ["completed", "compensated", "failed", "cancelled"];
-  var status = document.getElementById("live");
-  var events = new EventSource("/v1/sagas/" + encodeURIComponent(page.getAttribute("data-saga-id")) + "/events");
-  events.onopen = function () { if (status) { status.textContent = "live"; } };
-  events.onerror = function () { if (status) { status.textContent = "reconnecting…"; } };
-  events.addEventListener("saga", function (event) {
-    var saga;
-    try { saga = JSON.parse(event.data); } catch (e) { return; }
-    if (terminal.indexOf(saga.state) >= 0) { events.close(); }
-    if (saga.state !== shown) { window.location.reload(); }
-  });
-})();
-"#;
-
-async fn live_script() -> impl axum::response::IntoResponse {
-    (
-        [
-            (
-                axum::http::header::CONTENT_TYPE,
-                "text/javascript; charset=utf-8",
-            ),
-            (axum::http::header::CACHE_CONTROL, "max-age=300"),
-        ],
-        LIVE_JS,
-    )
+        .merge(docs::router())
 }
 
 fn escape(text: &str) -> String {
@@ -93,16 +69,44 @@ fn escape(text: &str) -> String {
     out
 }
 
+/// Percent-encodes a query parameter's value.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:24px;color:#1d2330;background:#f6f7f9}\
 h1{font-size:20px}a{color:#2456c7}table{border-collapse:collapse;width:100%;background:#fff}\
 th,td{padding:6px 10px;border-bottom:1px solid #e3e6eb;text-align:left;vertical-align:top}\
 th{background:#eef1f5}.state{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;color:#fff}\
-.running,.retrying,.compensating{background:#4a76d4}.pending{background:#aab1bd}.succeeded,.completed{background:#2e8b57}\
-.compensated,.cancelled{background:#c17d11}.failed{background:#c0392b}.recorded{background:#8a93a3}\
+.running,.retrying,.compensating{background:#4a76d4}.pending{background:#aab1bd}.succeeded,.completed,.applied{background:#2e8b57}\
+.compensated,.cancelled,.resent{background:#c17d11}.failed{background:#c0392b}.recorded,.refused{background:#8a93a3}\
 .lane{display:flex;gap:10px;flex-wrap:wrap;margin:8px 0 20px}.box{background:#fff;border:1px solid #d5dae2;\
 border-radius:6px;padding:10px;min-width:170px}.box h3{margin:0 0 6px;font-size:14px}.error{color:#c0392b;\
-font-size:12px;max-width:260px;overflow-wrap:anywhere}.muted{color:#6b7383;font-size:12px}\
-form{margin:12px 0}input,select{padding:4px;margin-right:6px}";
+font-size:12px;max-width:420px;overflow-wrap:anywhere}.muted{color:#6b7383;font-size:12px}\
+form{margin:12px 0}input,select{padding:4px;margin-right:6px}\
+nav{display:flex;gap:16px;align-items:center;margin-bottom:12px}nav form{margin:0 0 0 auto}\
+#counts{display:flex;gap:8px;flex-wrap:wrap;margin:8px 0 12px}.count{background:#fff;border:1px solid #d5dae2;\
+border-radius:6px;padding:6px 10px;text-decoration:none;color:#1d2330}.count b{font-size:16px;margin-left:6px}\
+.count.current{border-color:#2456c7;box-shadow:0 0 0 1px #2456c7}\
+.paging{display:flex;gap:16px;margin:12px 0}td.buttons{white-space:nowrap}.actions{display:flex;gap:8px;align-items:center;margin:12px 0}\
+button{padding:5px 12px;border-radius:5px;border:1px solid #8a93a3;background:#fff;cursor:pointer}\
+button.danger{border-color:#c0392b;color:#c0392b}button:disabled{opacity:.5;cursor:not-allowed}\
+.message{padding:8px 12px;border-radius:6px;margin:10px 0}.message:empty{display:none}\
+.message.ok{background:#e3f4ea;border:1px solid #2e8b57}.message.error{background:#fbe9e7;border:1px solid #c0392b}\
+.message.info{background:#eef1f5;border:1px solid #aab1bd}\
+.timeline{list-style:none;padding:0;margin:8px 0 20px;border-left:3px solid #d5dae2}\
+.timeline li{position:relative;margin:0 0 8px 0;padding:6px 10px 6px 18px;background:#fff}\
+.timeline li:before{content:'';position:absolute;left:-8px;top:11px;width:11px;height:11px;border-radius:50%;background:#aab1bd}\
+.timeline li.operator:before{background:#c17d11}.timeline li.compensation_started:before,.timeline li.compensation_ended:before{background:#8e44ad}\
+.timeline li.step_ended:before{background:#2e8b57}.timeline .at{font-family:monospace;color:#6b7383;margin-right:8px}\
+code,.payload{font-family:monospace;font-size:12px;overflow-wrap:anywhere}";
 
 /// How a page keeps itself current.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,25 +115,115 @@ enum Refresh {
     Never,
     /// It loads itself again every 5 s.
     Every5s,
-    /// Its script follows the saga's events; without script, every 5 s.
-    Live,
+    /// A script keeps it current; without script, it loads itself again every 5 s.
+    Script(&'static str),
 }
 
-fn page(title: &str, body: &str, refresh: Refresh) -> Html<String> {
-    let refresh = match refresh {
-        Refresh::Never => "",
-        Refresh::Every5s => "<meta http-equiv=\"refresh\" content=\"5\">",
-        Refresh::Live => {
-            "<script src=\"/ui/assets/live.js\" defer></script>\
-             <noscript><meta http-equiv=\"refresh\" content=\"5\"></noscript>"
+/// A whole page: `scripts` are the page's own scripts (files under `/ui/assets/`).
+fn page(title: &str, body: &str, refresh: Refresh, scripts: &[&str]) -> Html<String> {
+    let mut head = String::new();
+    match refresh {
+        Refresh::Never => {}
+        Refresh::Every5s => head.push_str("<meta http-equiv=\"refresh\" content=\"5\">"),
+        Refresh::Script(script) => {
+            head.push_str(&format!(
+                "<script src=\"/ui/assets/{script}\" defer></script>\
+                 <noscript><meta http-equiv=\"refresh\" content=\"5\"></noscript>"
+            ));
         }
-    };
+    }
+    for script in scripts {
+        head.push_str(&format!(
+            "<script src=\"/ui/assets/{script}\" defer></script>"
+        ));
+    }
     Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{refresh}\
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{head}\
          <title>{}</title><style>{STYLE}</style></head><body>{body}</body></html>",
         escape(title)
     ))
 }
+
+/// The links between the pages, and the log-out button.
+fn nav(caller: &Option<Extension<Caller>>) -> String {
+    let who = caller.as_ref().map_or(String::new(), |Extension(c)| {
+        format!(
+            "<span class=\"muted\" id=\"caller\">{} · {}</span>",
+            escape(&c.name),
+            c.scopes
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    });
+    format!(
+        "<nav><a href=\"/ui\">Sagas</a><a href=\"/ui/dead-letters\">Dead letters</a>\
+         <a href=\"/docs/\">API docs</a>{who}<form method=\"post\" action=\"/ui/logout\">\
+         <button type=\"submit\" id=\"logout\">Log out</button></form></nav>"
+    )
+}
+
+/// Whether the caller's token may cancel, retry, replay and discard.
+fn may_operate(caller: &Option<Extension<Caller>>) -> bool {
+    caller
+        .as_ref()
+        .is_some_and(|Extension(c)| c.allows(Needed::Scope(Scope::Operate)))
+}
+
+/// What a token without `operate` is told where the buttons are.
+fn read_only_note(caller: &Option<Extension<Caller>>) -> String {
+    if may_operate(caller) {
+        return String::new();
+    }
+    let name = caller
+        .as_ref()
+        .map_or("this token".to_owned(), |Extension(c)| {
+            format!("The token {:?}", c.name)
+        });
+    format!(
+        "<p class=\"message info\" id=\"read-only\">{} can only read: the buttons need a token with \
+         the <code>operate</code> scope (log out, then log in with one).</p>",
+        escape(&name)
+    )
+}
+
+/// A button that calls the API (see `actions.js`): `method` on `url`, after the browser asked
+/// `confirm`. Disabled for a token that may not operate.
+#[derive(Clone, Copy, Debug)]
+struct Action<'a> {
+    id: &'a str,
+    label: &'a str,
+    method: &'a str,
+    url: &'a str,
+    confirm: &'a str,
+    /// What the page does after a success: `reload`, or `remove:<element id>`.
+    then: &'a str,
+    danger: bool,
+}
+
+fn button(action: Action<'_>, allowed: bool) -> String {
+    format!(
+        "<button type=\"button\" class=\"act{danger}\" id=\"{id}\" data-method=\"{method}\" \
+         data-url=\"{url}\" data-confirm=\"{confirm}\" data-then=\"{then}\"{disabled}>{label}</button>",
+        danger = if action.danger { " danger" } else { "" },
+        id = escape(action.id),
+        method = escape(action.method),
+        url = escape(action.url),
+        confirm = escape(action.confirm),
+        then = escape(action.then),
+        disabled = if allowed {
+            ""
+        } else {
+            " disabled title=\"needs a token with the operate scope\""
+        },
+        label = escape(action.label),
+    )
+}
+
+/// Where the answers of the buttons are shown.
+const MESSAGE: &str = "<p class=\"message\" id=\"message\" role=\"status\" aria-live=\"polite\"></p>\
+<noscript><p class=\"message info\">The buttons need JavaScript; <code>sagactl</code> does the same from a terminal.</p></noscript>";
 
 fn badge(state: &str) -> String {
     format!("<span class=\"state {0}\">{0}</span>", escape(state))
@@ -146,253 +240,22 @@ fn took(start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) -> String {
     }
 }
 
-/// The filters of `/ui` as given (`state`, `type` and search keys; the last value of a name
-/// counts, other names are ignored), and the value of one when it filters something.
-struct Filters(BTreeMap<String, String>);
-
-impl Filters {
-    fn given(&self, name: &str) -> &str {
-        self.0.get(name).map_or("", String::as_str)
-    }
-
-    fn value(&self, name: &str) -> Option<String> {
-        self.0.get(name).filter(|v| !v.trim().is_empty()).cloned()
-    }
-}
-
-async fn list(
-    State(ui): State<UiState>,
-    Query(parameters): Query<Vec<(String, String)>>,
-) -> (StatusCode, Html<String>) {
-    let filters = Filters(parameters.into_iter().collect());
-    let registry = ui.api.engine.registry();
-    let keys = registry.search_key_names();
-    let state = filters.value("state").and_then(|s| SagaState::parse(&s));
-    let filter = ListFilter {
-        state,
-        saga_type: filters.value("type"),
-        keys: keys
-            .iter()
-            .filter_map(|key| Some(((*key).to_owned(), filters.value(key)?)))
-            .collect(),
-        limit: 100,
-        ..ListFilter::default()
-    };
-    let sagas = match ui.api.engine.store().list(&filter).await {
-        Ok(sagas) => sagas,
-        Err(error) => {
-            tracing::warn!(%error, "saga page: listing failed");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                page(
-                    "Sagas",
-                    "<p>The saga store did not answer.</p>",
-                    Refresh::Every5s,
-                ),
-            );
-        }
-    };
-    let mut body = String::from(
-        "<h1>Sagas</h1><form method=\"get\" action=\"/ui\"><select name=\"state\"><option value=\"\">any state</option>",
-    );
-    for s in SagaState::ALL {
-        let selected = if state == Some(s) { " selected" } else { "" };
-        let _ = write!(body, "<option{selected}>{}</option>", s.as_str());
-    }
-    body.push_str("</select>");
-    for name in std::iter::once("type").chain(keys.iter().copied()) {
-        let _ = write!(
-            body,
-            "<input name=\"{name}\" placeholder=\"{label}\" value=\"{value}\">",
-            name = escape(name),
-            label = escape(&name.replace('_', " ")),
-            value = escape(filters.given(name)),
-        );
-    }
-    body.push_str("<button type=\"submit\">Filter</button></form>");
-    let _ = write!(
-        body,
-        "<p class=\"muted\">{} shown, newest first; refreshes every 5 s.</p>",
-        sagas.len()
-    );
-    body.push_str("<table id=\"sagas\"><tr><th>saga</th><th>type</th><th>state</th>");
-    for key in &keys {
-        let _ = write!(body, "<th>{}</th>", escape(&key_noun(key)));
-    }
-    body.push_str("<th>step</th><th>created</th><th>updated</th></tr>");
-    for saga in sagas {
-        let values = registry
-            .get(&saga.saga_type, saga.definition_version)
-            .map(|d| d.search_values(&saga.input, &saga.context))
-            .unwrap_or_default();
-        let view = SagaView::from(saga);
-        let current = view
-            .steps
-            .iter()
-            .find(|s| s.state != "succeeded" && s.state != "pending")
-            .map_or("", |s| s.name.as_str());
-        let _ = write!(
-            body,
-            "<tr class=\"saga\" data-state=\"{state}\"><td><a href=\"/ui/sagas/{id}\">{id}</a></td><td>{ty}</td><td>{badge}</td>",
-            state = escape(&view.state),
-            id = view.id,
-            ty = escape(&view.saga_type),
-            badge = badge(&view.state),
-        );
-        for key in &keys {
-            let value = values.get(*key).map_or("–", String::as_str);
-            let _ = write!(body, "<td>{}</td>", escape(value));
-        }
-        let _ = write!(
-            body,
-            "<td>{current}</td><td>{created}</td><td>{updated}</td></tr>",
-            current = escape(current),
-            created = view.created_at.format("%Y-%m-%d %H:%M:%S"),
-            updated = view.updated_at.format("%H:%M:%S%.3f"),
-        );
-    }
-    body.push_str("</table>");
-    (StatusCode::OK, page("Sagas", &body, Refresh::Every5s))
-}
-
-async fn detail(State(ui): State<UiState>, Path(id): Path<String>) -> (StatusCode, Html<String>) {
-    let missing = || {
-        (
-            StatusCode::NOT_FOUND,
-            page(
-                "No such saga",
-                &format!(
-                    "<h1>No saga {}</h1><p><a href=\"/ui\">All sagas</a></p>",
-                    escape(&id)
-                ),
-                Refresh::Never,
-            ),
-        )
-    };
-    let Ok(saga_id) = id.parse::<SagaId>() else {
-        return missing();
-    };
-    let stored = match ui.api.engine.store().get(saga_id).await {
-        Ok(Some(stored)) => stored,
-        Ok(None) => return missing(),
-        Err(error) => {
-            tracing::warn!(%error, "saga page: reading a saga failed");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                page(
-                    "Saga",
-                    "<p>The saga store did not answer.</p>",
-                    Refresh::Every5s,
-                ),
-            );
-        }
-    };
-    let view = SagaView::from(stored.saga);
-    let terminal = SagaState::parse(&view.state).is_some_and(SagaState::is_terminal);
-    let mut body = format!(
-        "<p><a href=\"/ui\">All sagas</a></p>\
-         <h1 id=\"saga\" data-saga-id=\"{id}\" data-state=\"{state}\">Saga {id} {badge}</h1>\
-         <p class=\"muted\">{ty} v{version} · created {created} · updated {updated}{stop}{live}</p>",
-        id = view.id,
-        state = escape(&view.state),
-        live = if terminal {
-            ""
-        } else {
-            " · <span id=\"live\">follows the saga</span>"
-        },
-        badge = badge(&view.state),
-        ty = escape(&view.saga_type),
-        version = view.definition_version,
-        created = view.created_at.format("%Y-%m-%d %H:%M:%S%.3f"),
-        updated = view.updated_at.format("%H:%M:%S%.3f"),
-        stop = view
-            .stop_reason
-            .as_deref()
-            .map_or(String::new(), |r| format!(" · stopped: {}", escape(r))),
-    );
-    if let Some(trace_id) = &view.trace_id {
-        let url = ui.trace_url_template.replace("{trace_id}", trace_id);
-        let _ = write!(
-            body,
-            "<p>Trace <a id=\"trace\" href=\"{}\">{}</a></p>",
-            escape(&url),
-            escape(trace_id)
-        );
-    }
-    body.push_str("<h2>Steps</h2><div class=\"lane\" id=\"forward-lane\">");
-    for step in &view.steps {
-        let _ = write!(
-            body,
-            "<div class=\"box step\" data-state=\"{state}\"><h3>{name}</h3>{badge}\
-             <div class=\"muted\">attempts {attempts} · {took}</div>\
-             <div class=\"muted\">{start} → {end}</div>{error}</div>",
-            state = escape(&step.state),
-            name = escape(&step.name),
-            badge = badge(&step.state),
-            attempts = step.attempts,
-            took = took(step.started_at, step.finished_at),
-            start = when(step.started_at),
-            end = when(step.finished_at),
-            error = step
-                .last_error
-                .as_deref()
-                .map_or(String::new(), |e| format!(
-                    "<div class=\"error\">{}</div>",
-                    escape(e)
-                )),
-        );
-    }
-    body.push_str("</div><h2>Compensations</h2><div class=\"lane\" id=\"compensation-lane\">");
-    if view.compensations.is_empty() {
-        body.push_str("<p class=\"muted\">None ran.</p>");
-    }
-    for c in &view.compensations {
-        let _ = write!(
-            body,
-            "<div class=\"box compensation\" data-state=\"{state}\"><h3>{name}</h3>{badge}\
-             <div class=\"muted\">undoes {step} · attempts {attempts} · {took}</div>\
-             <div class=\"muted\">{start} → {end}</div>{error}</div>",
-            state = escape(&c.state),
-            name = escape(&c.name),
-            badge = badge(&c.state),
-            step = escape(&c.step),
-            attempts = c.attempts,
-            took = took(c.started_at, c.finished_at),
-            start = when(c.started_at),
-            end = when(c.finished_at),
-            error = c.last_error.as_deref().map_or(String::new(), |e| format!(
-                "<div class=\"error\">{}</div>",
-                escape(e)
-            )),
-        );
-    }
-    body.push_str("</div><h2>Context</h2><table>");
-    for (key, value) in view.input.iter().chain(view.context.iter()) {
-        let _ = write!(
-            body,
-            "<tr><th>{}</th><td>{}</td></tr>",
-            escape(key),
-            escape(&value.to_string())
-        );
-    }
-    body.push_str("</table>");
+/// A page that says the store (or JetStream) did not answer.
+fn unavailable(title: &str, what: &str) -> (axum::http::StatusCode, Html<String>) {
     (
-        StatusCode::OK,
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
         page(
-            &format!("Saga {}", view.id),
-            &body,
-            if terminal {
-                Refresh::Never
-            } else {
-                Refresh::Live
-            },
+            title,
+            &format!("<p>{} did not answer.</p>", escape(what)),
+            Refresh::Every5s,
+            &[],
         ),
     )
 }
 
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::{encode, escape};
 
     #[test]
     fn markup_is_escaped() {
@@ -400,5 +263,10 @@ mod tests {
             escape("<a href=\"x\">&'</a>"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;"
         );
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
     }
 }

@@ -106,9 +106,79 @@ impl Browser {
         Ok(())
     }
 
+    /// Logs out with the page's button; the browser is back at the login form.
+    pub async fn log_out(&self, base: &str) -> anyhow::Result<()> {
+        self.client.goto(&format!("{base}/ui")).await?;
+        self.click("logout").await?;
+        self.wait_until(Duration::from_secs(10), "the login form", |html| {
+            html.contains("id=\"token\"")
+        })
+        .await?;
+        Ok(())
+    }
+
     /// The page's current DOM as HTML.
     pub async fn html(&self) -> anyhow::Result<String> {
         Ok(self.client.source().await?)
+    }
+
+    /// Clicks the element with this id.
+    pub async fn click(&self, id: &str) -> anyhow::Result<()> {
+        self.client
+            .find(Locator::Id(id))
+            .await
+            .with_context(|| format!("no element #{id} on the page"))?
+            .click()
+            .await
+            .with_context(|| format!("clicking #{id}"))?;
+        Ok(())
+    }
+
+    /// Answers the page's `confirm()` (or alert): OK when `accept`, else Cancel; returns its
+    /// question. Waits up to 5 s for it to open.
+    pub async fn answer_dialog(&self, accept: bool) -> anyhow::Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let question = loop {
+            match self.client.get_alert_text().await {
+                Ok(text) => break text,
+                Err(error) if Instant::now() < deadline => {
+                    tracing::debug!(%error, "no dialog yet");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => bail!("no dialog opened: {error}"),
+            }
+        };
+        if accept {
+            self.client.accept_alert().await?;
+        } else {
+            self.client.dismiss_alert().await?;
+        }
+        Ok(question)
+    }
+
+    /// Waits until the page's DOM satisfies `check` (the page may reload meanwhile); returns
+    /// that DOM.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            // During a reload the source may briefly not be readable: try again.
+            if let Ok(html) = self.html().await {
+                if check(&html) {
+                    return Ok(html);
+                }
+                last = html;
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for {what}; the page: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Ends the session.
