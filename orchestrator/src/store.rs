@@ -223,6 +223,8 @@ fn object(value: Value) -> Map<String, Value> {
 impl Store {
     /// A store over the orchestrator's pool.
     pub fn new(pool: PgPool) -> Self {
+        let _ = runtime::metrics::handle();
+        metrics::describe_counter!(STORE_READS, "Reads of the orchestrator's store, by query");
         Self { pool }
     }
 

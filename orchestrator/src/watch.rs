@@ -131,6 +131,11 @@ impl std::fmt::Debug for Watch {
 impl Watch {
     /// Announcements over `nats`, on the subjects of `topology`'s prefix.
     pub fn new(nats: async_nats::Client, topology: &Topology) -> Self {
+        let _ = runtime::metrics::handle();
+        metrics::describe_gauge!(
+            WAITERS,
+            "Waiters on this replica for a saga to change (long polls, Prefer: wait, event streams)"
+        );
         let root = if topology.prefix().is_empty() {
             "watch.saga".to_owned()
         } else {

@@ -84,6 +84,7 @@ pub fn handle() -> PrometheusHandle {
                     if metrics::set_global_recorder(recorder).is_err() {
                         tracing::warn!("a metrics recorder was already installed");
                     }
+                    describe();
                     handle
                 }
                 Err(error) => {
@@ -93,6 +94,66 @@ pub fn handle() -> PrometheusHandle {
             }
         })
         .clone()
+}
+
+/// The help text of every metric named here (Prometheus' `# HELP` lines).
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(SAGAS_STARTED, "Sagas started, by saga_type");
+    describe_counter!(
+        SAGAS_FINISHED,
+        "Sagas that reached a terminal state, by saga_type and outcome"
+    );
+    describe_histogram!(
+        SAGA_DURATION,
+        Unit::Seconds,
+        "From a saga's creation to its terminal state, by saga_type and outcome"
+    );
+    describe_histogram!(
+        STEP_DURATION,
+        Unit::Seconds,
+        "From a step's first attempt to its success or final failure, by step and outcome"
+    );
+    describe_counter!(STEP_RETRIES, "Step attempts after the first, by step");
+    describe_counter!(
+        COMPENSATIONS,
+        "Compensations that finished, by step and outcome"
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Messages parked on the dead-letter stream, by consumer"
+    );
+    describe_gauge!(
+        OUTBOX_BACKLOG,
+        "Outbox rows not yet acknowledged by JetStream, by service"
+    );
+    describe_gauge!(
+        SAGAS_ACTIVE,
+        "Sagas not in a terminal state, plus parked (failed) ones, by state"
+    );
+    describe_gauge!(
+        OLDEST_ACTIVE,
+        Unit::Seconds,
+        "Seconds since the least recently changed running or compensating saga last changed"
+    );
+    describe_histogram!(TIMER_LAG, Unit::Seconds, "How late timers fired");
+    describe_gauge!(
+        CONSUMER_PENDING,
+        "Messages waiting for or held by a durable consumer, by consumer"
+    );
+    describe_counter!(
+        TELEGRAM_CALLS,
+        "Telegram sendMessage calls, by result (sent or the failure code)"
+    );
+    describe_gauge!(
+        TELEGRAM_CIRCUIT_OPEN,
+        "The Telegram circuit breaker: 0 closed, 1 open"
+    );
+    describe_counter!(
+        EVENTS_SKIPPED,
+        "Domain events a reader skipped (unknown type or version), by consumer and event_type"
+    );
+    describe_counter!(EVENTS_APPLIED, "Domain events a reader applied, by consumer");
 }
 
 /// `GET /metrics` in the Prometheus text format.

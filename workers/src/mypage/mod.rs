@@ -110,6 +110,33 @@ pub const PROJECTION_REBUILD_RUNNING: &str = "saga_projection_rebuild_running";
 /// Messages the running (or last) rebuild replayed (gauge), by `projection`.
 pub const PROJECTION_REBUILD_REPLAYED: &str = "saga_projection_rebuild_replayed";
 
+/// The help text of the projection's metrics.
+fn describe_metrics() {
+    use metrics::{Unit, describe_gauge, describe_histogram};
+    let _ = runtime::metrics::handle();
+    describe_histogram!(
+        PROJECTION_LAG,
+        Unit::Seconds,
+        "From an event's occurred_at to its commit into the view, by projection"
+    );
+    describe_gauge!(
+        PROJECTION_PENDING,
+        "Messages of DOMAIN_EVT the serving generation has not applied yet, by projection"
+    );
+    describe_gauge!(
+        PROJECTION_GENERATION,
+        "The generation reads are served from, by projection"
+    );
+    describe_gauge!(
+        PROJECTION_REBUILD_RUNNING,
+        "1 while this process replays a rebuild, else 0, by projection"
+    );
+    describe_gauge!(
+        PROJECTION_REBUILD_REPLAYED,
+        "Messages the running (or last) rebuild replayed, by projection"
+    );
+}
+
 /// The Mypage worker's settings (`SAGA_*`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MypageSettings {
@@ -197,6 +224,7 @@ impl MypageWorker {
 
     /// A worker over a connected store (for reads and the projection alike) and JetStream.
     pub fn new(store: Store, js: jetstream::Context, topology: Topology, batch: usize) -> Self {
+        describe_metrics();
         let readiness =
             health::Readiness::new(store.clone(), js.clone(), topology.stream(Stream::Events));
         let projection = Arc::new(Projection {
