@@ -15,11 +15,11 @@ use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
 use contracts::{SagaId, Topology};
 use runtime::auth::Caller;
+use runtime::openapi::{self as doc, is_idempotency_key};
 use runtime::problem::{ApiQuery, Problem};
 use runtime::{ApiError, ApiJson};
 use serde::{Deserialize, Serialize};
@@ -33,7 +33,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::definition::{Registry, key_noun};
+use crate::definition::{InputKind, Registry, key_noun};
 use crate::engine::Engine;
 use crate::history::OperatorAction;
 use crate::machine::{CompensationState, Ignored, Input, Saga, SagaState, label};
@@ -60,7 +60,11 @@ pub fn router(state: ApiState) -> OpenApiRouter {
         .routes(routes!(start_saga, list_sagas))
         .routes(routes!(get_saga))
         .routes(routes!(crate::watch::saga_events))
-        .routes(routes!(crate::history::saga_history))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(crate::history::saga_history))
+                .route_layer(axum::middleware::from_fn(checked_history_cursor)),
+        )
         .routes(routes!(cancel_saga))
         .routes(routes!(retry_saga))
         .routes(routes!(cancel_sagas))
@@ -71,7 +75,292 @@ pub fn router(state: ApiState) -> OpenApiRouter {
         .routes(routes!(crate::dead_letters::replay_dead_letter));
     let keys = state.engine.registry().search_key_names();
     document_search_keys(router.get_openapi_mut(), &keys);
+    document_saga_types(router.get_openapi_mut(), state.engine.registry());
+    document_elsewhere(router.get_openapi_mut());
     router.with_state(state)
+}
+
+/// The states a saga can be in, as the API writes them.
+pub const SAGA_STATES: [&str; 6] = [
+    "running",
+    "compensating",
+    "completed",
+    "compensated",
+    "failed",
+    "cancelled",
+];
+
+/// What a time filter must look like besides being an RFC 3339 date-time: a year from 1970 to
+/// 9999 (as written, in the time's own offset).
+pub const TIME_PATTERN: &str = "^(19[7-9][0-9]|[2-9][0-9]{3})-";
+
+/// What a `?wait=` must look like: seconds (`10`, `10s`, `1.5s`) up to 60, or milliseconds
+/// (`500ms`) up to 60000; empty means no wait.
+pub const WAIT_PATTERN: &str =
+    r"^(([0-5]?[0-9](\.[0-9]+)?|60(\.0+)?)s?|([0-5]?[0-9]{1,4}(\.[0-9]+)?|60000(\.0+)?)ms)?$";
+
+/// What a cursor of `GET /v1/sagas` looks like: the page's last saga's creation time (µs since
+/// 1970) and id; empty means the first page.
+pub const SAGA_CURSOR_PATTERN: &str =
+    "^((0|[1-9][0-9]{0,15})_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$";
+
+/// What a cursor of `GET /v1/sagas/{id}/history` looks like: the id of the page's last entry;
+/// empty means the first page.
+pub const HISTORY_CURSOR_PATTERN: &str = "^([1-9][0-9]{0,17})?$";
+
+/// Whether `wait` is what [`WAIT_PATTERN`] describes (what the document promises is accepted;
+/// [`parse_wait`] then reads it).
+fn wait_is_documented(wait: &str) -> bool {
+    if wait.is_empty() {
+        return true;
+    }
+    let (number, whole_digits, limit) = match wait.strip_suffix("ms") {
+        Some(number) => (number, 5, 60_000u32),
+        None => (wait.strip_suffix('s').unwrap_or(wait), 2, 60),
+    };
+    let (whole, fraction) = match number.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (number, None),
+    };
+    let digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || whole.len() > whole_digits || fraction.is_some_and(|f| !digits(f)) {
+        return false;
+    }
+    let Ok(value) = whole.parse::<u32>() else {
+        return false;
+    };
+    value < limit || (value == limit && fraction.is_none_or(|f| f.bytes().all(|b| b == b'0')))
+}
+
+/// 400 `invalid_query` unless the history's `cursor` is one [`HISTORY_CURSOR_PATTERN`]
+/// describes (the history route reads any positive number).
+async fn checked_history_cursor(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let parameters = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(request.uri())
+        .map(|q| q.0)
+        .unwrap_or_default();
+    let valid = parameters
+        .iter()
+        .filter(|(name, _)| name == "cursor")
+        .all(|(_, cursor)| {
+            cursor.is_empty() || doc::decimal(cursor, 18).is_some_and(|value| value > 0)
+        });
+    if !valid {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "cursor is not one this API issued",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// A text that is one of `values`, as a schema.
+fn one_of(values: &[&str]) -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .into()
+}
+
+/// A saga's state.
+fn saga_state() -> Schema {
+    one_of(&SAGA_STATES)
+}
+
+/// A step's state.
+fn step_state() -> Schema {
+    one_of(&[
+        "pending",
+        "running",
+        "retrying",
+        "succeeded",
+        "failed",
+        "compensated",
+    ])
+}
+
+/// A compensation's state, once it ran.
+fn compensation_state() -> Schema {
+    one_of(&["running", "retrying", "succeeded", "failed"])
+}
+
+/// Why a saga stopped going forward early, or `null`.
+fn stop_reason() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some([
+            Value::Null,
+            Value::from("cancelled"),
+            Value::from("deadline_exceeded"),
+        ]))
+        .into()
+}
+
+/// The schema of a saga state filter: a state, or empty for any.
+fn state_filter() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(std::iter::once("").chain(SAGA_STATES)))
+        .into()
+}
+
+/// The schema of the bulk filter's state: a state, empty or `null` for the default.
+fn optional_state() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some(
+            std::iter::once(Value::Null)
+                .chain(std::iter::once("").chain(SAGA_STATES).map(Value::from)),
+        ))
+        .into()
+}
+
+/// The schema of an input field of a saga type.
+fn input_field(kind: InputKind) -> Schema {
+    match kind {
+        InputKind::Uuid => doc::uuid(),
+        InputKind::CustomerId => doc::customer_id(),
+    }
+}
+
+/// Documents the start of a saga from the registry: `type` is one of the types, and `input` the
+/// object of that type's input fields, each required, no other.
+fn document_saga_types(openapi: &mut OpenApi, registry: &Registry) {
+    let variants: Vec<Schema> = registry
+        .types()
+        .into_iter()
+        .filter_map(|saga_type| registry.latest(saga_type))
+        .map(|definition| {
+            let mut input = ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+            for (name, kind) in definition.input_fields {
+                input = input.property(*name, input_field(*kind)).required(*name);
+            }
+            let referenced: Vec<String> = definition
+                .references
+                .iter()
+                .map(|r| format!("`{}` must name an existing {}", r.field, r.lookup))
+                .collect();
+            if !referenced.is_empty() {
+                input = input.description(Some(format!(
+                    "{} (else 422 `unknown_reference`).",
+                    referenced.join("; ")
+                )));
+            }
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .title(Some(definition.saga_type))
+                .property(
+                    "type",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some([definition.saga_type])),
+                )
+                .required("type")
+                .property("input", input)
+                .required("input")
+                .into()
+        })
+        .collect();
+    let start = openapi
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("StartSaga"));
+    if let Some(RefOr::T(schema)) = start {
+        let description = match schema {
+            Schema::Object(object) => object.description.clone(),
+            _ => None,
+        };
+        let mut one_of = utoipa::openapi::schema::OneOfBuilder::new().description(description);
+        for variant in variants {
+            one_of = one_of.item(variant);
+        }
+        *schema = one_of.into();
+    }
+}
+
+/// One server-sent event of `GET /v1/sagas/{id}/events`: `event: saga`, its `data` the saga as
+/// JSON.
+fn saga_event() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property(
+            "event",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["saga"])),
+        )
+        .required("event")
+        .property(
+            "data",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .content_media_type("application/json")
+                .content_schema(Some(utoipa::openapi::Ref::from_schema_name("SagaView")))
+                .description(Some("The saga, as `GET /v1/sagas/{id}` shows it")),
+        )
+        .required("data")
+        .into()
+}
+
+/// What the routes of other modules (`watch`, `history`) check, documented here: their ids are
+/// uuids, the history's page size and cursor, and the event stream's events.
+fn document_elsewhere(openapi: &mut OpenApi) {
+    let events = openapi
+        .paths
+        .paths
+        .get_mut("/v1/sagas/{id}/events")
+        .and_then(|item| item.get.as_mut())
+        .and_then(|operation| operation.responses.responses.get_mut("200"));
+    if let Some(RefOr::T(response)) = events
+        && let Some(RefOr::T(content)) = response.content.get_mut("text/event-stream")
+    {
+        content.schema = Some(RefOr::T(saga_event()));
+    }
+    for path in ["/v1/sagas/{id}/events", "/v1/sagas/{id}/history"] {
+        let Some(operation) = openapi
+            .paths
+            .paths
+            .get_mut(path)
+            .and_then(|item| item.get.as_mut())
+        else {
+            continue;
+        };
+        for parameter in operation.parameters.iter_mut().flatten() {
+            let RefOr::T(parameter) = parameter else {
+                continue;
+            };
+            let schema: Option<Schema> =
+                match (parameter.parameter_in.clone(), parameter.name.as_str()) {
+                    (ParameterIn::Path, "id") => Some(doc::uuid()),
+                    (ParameterIn::Query, "limit") => Some(
+                        ObjectBuilder::new()
+                            .schema_type(SchemaType::from_iter([Type::Integer, Type::Null]))
+                            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                                utoipa::openapi::KnownFormat::Int64,
+                            )))
+                            .minimum(Some(1))
+                            .maximum(Some(500))
+                            .into(),
+                    ),
+                    (ParameterIn::Query, "cursor") => Some(
+                        ObjectBuilder::new()
+                            .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+                            .pattern(Some(HISTORY_CURSOR_PATTERN))
+                            .into(),
+                    ),
+                    _ => None,
+                };
+            if let Some(schema) = schema {
+                parameter.schema = Some(RefOr::T(schema));
+            }
+        }
+    }
 }
 
 /// The description of a search key: "Only sagas of this customer."
@@ -172,8 +461,10 @@ pub struct SagaView {
     /// The definition version it runs.
     pub definition_version: u32,
     /// `running`, `compensating`, `completed`, `compensated`, `failed` or `cancelled`.
+    #[schema(schema_with = saga_state)]
     pub state: String,
     /// Why it stopped going forward early: `cancelled` or `deadline_exceeded`.
+    #[schema(schema_with = stop_reason)]
     pub stop_reason: Option<String>,
     /// The W3C trace id of the saga: one trace from `POST /v1/sagas` through every worker.
     pub trace_id: Option<String>,
@@ -199,6 +490,7 @@ pub struct StepView {
     /// The step's name (`reward.grant`).
     pub name: String,
     /// `pending`, `running`, `retrying`, `succeeded`, `failed` or `compensated`.
+    #[schema(schema_with = step_state)]
     pub state: String,
     /// Attempts made.
     pub attempts: u32,
@@ -218,6 +510,7 @@ pub struct CompensationView {
     /// The forward step it undoes.
     pub step: String,
     /// `running`, `retrying`, `succeeded` or `failed`.
+    #[schema(schema_with = compensation_state)]
     pub state: String,
     /// Attempts made.
     pub attempts: u32,
@@ -397,8 +690,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = value.to_str().map_err(|_| invalid_key())?.trim();
-    if key.is_empty() || key.len() > 255 {
+    let key = value.to_str().map_err(|_| invalid_key())?;
+    if !is_idempotency_key(key) {
         return Err(invalid_key());
     }
     Ok(Some(key.to_owned()))
@@ -497,7 +790,7 @@ struct LookupAnswer {
     path = "/v1/sagas",
     request_body = StartSaga,
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "The same key and body give the same saga"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "The same key and body give the same saga: 1 to 255 visible ASCII characters"),
         ("Prefer" = Option<String>, Header, description = "`wait=<seconds>` (at most 60): answer when the saga ends, or when the wait runs out"),
     ),
     responses(
@@ -599,6 +892,9 @@ pub struct GetQuery {
     /// Wait until the saga is terminal, at most this long: seconds (`10`, `10s`, `1.5s`) or
     /// milliseconds (`500ms`), at most 60 s. The answer comes as soon as the saga is terminal,
     /// or when the wait runs out, with the saga as it is then.
+    #[param(
+        pattern = r"^(([0-5]?[0-9](\.[0-9]+)?|60(\.0+)?)s?|([0-5]?[0-9]{1,4}(\.[0-9]+)?|60000(\.0+)?)ms)?$"
+    )]
     pub wait: Option<String>,
 }
 
@@ -606,7 +902,7 @@ pub struct GetQuery {
 #[utoipa::path(
     get,
     path = "/v1/sagas/{id}",
-    params(("id" = String, Path, description = "The saga's id"), GetQuery),
+    params(("id" = String, Path, format = Uuid, description = "The saga's id"), GetQuery),
     responses(
         (status = 200, description = "The saga (with `wait`: once terminal, or as it is when the wait ran out)", body = SagaView),
         (status = 400, description = "A bad wait", body = Problem, content_type = "application/problem+json"),
@@ -622,6 +918,15 @@ async fn get_saga(
     let not_found = || ApiError::not_found("saga_not_found", format!("no saga {id}"));
     let wait = match query.wait.as_deref() {
         None | Some("") => None,
+        Some(wait) if !wait_is_documented(wait) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!(
+                    "wait must be seconds (10, 10s, 1.5s) up to 60 or milliseconds (500ms) up to 60000; got {wait:?}"
+                ),
+            ));
+        }
         Some(wait) => Some(
             parse_wait(wait)
                 .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e))?,
@@ -658,19 +963,26 @@ async fn get_saga(
 #[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only sagas in this state.
+    /// Only sagas in this state (empty: any).
+    #[param(schema_with = state_filter)]
     pub state: Option<String>,
-    /// Only sagas of this type.
+    /// Only sagas of this type (empty: any; a type no definition has matches nothing).
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub saga_type: Option<String>,
-    /// Only sagas created at or after this time (RFC 3339).
-    pub created_after: Option<DateTime<Utc>>,
-    /// Only sagas created before this time (RFC 3339).
-    pub created_before: Option<DateTime<Utc>>,
+    /// Only sagas created at or after this time (RFC 3339, years 1970 to 9999).
+    #[param(value_type = Option<String>, format = DateTime, pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-")]
+    pub created_after: Option<DateTime<FixedOffset>>,
+    /// Only sagas created before this time (RFC 3339, years 1970 to 9999).
+    #[param(value_type = Option<String>, format = DateTime, pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-")]
+    pub created_before: Option<DateTime<FixedOffset>>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (empty: the first page).
+    #[param(
+        pattern = "^((0|[1-9][0-9]{0,15})_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$"
+    )]
     pub cursor: Option<String>,
 }
 
@@ -683,20 +995,18 @@ pub struct SagaPage {
     pub next_cursor: Option<String>,
 }
 
+/// The cursor after `saga` ([`SAGA_CURSOR_PATTERN`]): its creation time in µs and its id.
 fn encode_cursor(saga: &SagaView) -> String {
-    let raw = format!("{}|{}", saga.created_at.timestamp_micros(), saga.id);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    format!("{}_{}", saga.created_at.timestamp_micros(), saga.id)
 }
 
+/// The position a cursor names; `None` unless it is exactly what [`encode_cursor`] writes.
 fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()?;
-    let raw = String::from_utf8(raw).ok()?;
-    let (micros, id) = raw.split_once('|')?;
+    let (micros, id) = cursor.split_once('_')?;
+    let micros = i64::try_from(doc::decimal(micros, 16)?).ok()?;
     Some((
-        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-        id.parse().ok()?,
+        DateTime::from_timestamp_micros(micros)?,
+        doc::canonical_uuid(id)?,
     ))
 }
 
@@ -739,8 +1049,8 @@ async fn list_sagas(
         state: saga_state,
         saga_type: query.saga_type.filter(|t| !t.is_empty()),
         keys,
-        created_after: query.created_after,
-        created_before: query.created_before,
+        created_after: query.created_after.map(|at| at.with_timezone(&Utc)),
+        created_before: query.created_before.map(|at| at.with_timezone(&Utc)),
         limit: limit + 1,
         after,
     };
@@ -888,7 +1198,7 @@ async fn operate(
 #[utoipa::path(
     post,
     path = "/v1/sagas/{id}/cancel",
-    params(("id" = String, Path, description = "The saga's id")),
+    params(("id" = String, Path, format = Uuid, description = "The saga's id")),
     responses(
         (status = 202, description = "Cancelling", body = SagaView),
         (status = 404, description = "No such saga", body = Problem, content_type = "application/problem+json"),
@@ -909,7 +1219,7 @@ async fn cancel_saga(
 #[utoipa::path(
     post,
     path = "/v1/sagas/{id}/retry",
-    params(("id" = String, Path, description = "The saga's id")),
+    params(("id" = String, Path, format = Uuid, description = "The saga's id")),
     responses(
         (status = 202, description = "Resumed", body = SagaView),
         (status = 404, description = "No such saga", body = Problem, content_type = "application/problem+json"),
@@ -925,9 +1235,9 @@ async fn retry_saga(
     operate(&state, &id, Input::Retry, operator(caller, "retry", None)).await
 }
 
-/// Whether a time can be a saga's creation time (years 1970 to 9999): anything else is a
-/// mistake, and the database could not compare it either.
-fn storable(name: &str, at: Option<DateTime<Utc>>) -> Result<(), String> {
+/// Whether a time can be a saga's creation time (years 1970 to 9999, as written): anything else
+/// is a mistake, and the database could not compare it either.
+fn storable(name: &str, at: Option<DateTime<FixedOffset>>) -> Result<(), String> {
     use chrono::Datelike as _;
     match at {
         Some(at) if !(1970..=9999).contains(&at.year()) => {
@@ -948,15 +1258,18 @@ pub struct SagaFilter {
     /// in the answer says whether others match: call again.
     #[schema(minimum = 1, maximum = 5000)]
     pub limit: Option<usize>,
-    /// Only sagas in this state (default: `running` for cancel, `failed` for retry).
+    /// Only sagas in this state (empty or `null`: `running` for cancel, `failed` for retry).
+    #[schema(schema_with = optional_state)]
     pub state: Option<String>,
     /// Only sagas of this type.
     #[serde(rename = "type")]
     pub saga_type: Option<String>,
-    /// Only sagas created at or after this time.
-    pub created_after: Option<DateTime<Utc>>,
-    /// Only sagas created before this time.
-    pub created_before: Option<DateTime<Utc>>,
+    /// Only sagas created at or after this time (years 1970 to 9999).
+    #[schema(value_type = Option<String>, format = DateTime, pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-")]
+    pub created_after: Option<DateTime<FixedOffset>>,
+    /// Only sagas created before this time (years 1970 to 9999).
+    #[schema(value_type = Option<String>, format = DateTime, pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-")]
+    pub created_before: Option<DateTime<FixedOffset>>,
     /// Only sagas with these search keys (whatever the definitions declare; any other field is
     /// refused). Documented from the registry.
     #[serde(flatten)]
@@ -1007,8 +1320,8 @@ async fn operate_many(
         state: Some(saga_state),
         saga_type: filter.saga_type,
         keys,
-        created_after: filter.created_after,
-        created_before: filter.created_before,
+        created_after: filter.created_after.map(|at| at.with_timezone(&Utc)),
+        created_before: filter.created_before.map(|at| at.with_timezone(&Utc)),
         limit: 500,
         after: None,
     };
@@ -1211,9 +1524,10 @@ mod tests {
     #[into_params(parameter_in = Query)]
     #[allow(dead_code, reason = "only its derived documentation is compared")]
     struct ListQueryBefore {
-        /// Only sagas in this state.
+        /// Only sagas in this state (empty: any).
+        #[param(schema_with = state_filter)]
         state: Option<String>,
-        /// Only sagas of this type.
+        /// Only sagas of this type (empty: any; a type no definition has matches nothing).
         #[serde(rename = "type")]
         #[param(rename = "type")]
         saga_type: Option<String>,
@@ -1221,13 +1535,19 @@ mod tests {
         player_id: Option<String>,
         /// Only sagas of this quest.
         quest_id: Option<String>,
-        /// Only sagas created at or after this time (RFC 3339).
-        created_after: Option<DateTime<Utc>>,
-        /// Only sagas created before this time (RFC 3339).
-        created_before: Option<DateTime<Utc>>,
+        /// Only sagas created at or after this time (RFC 3339, years 1970 to 9999).
+        #[param(value_type = Option<String>, format = DateTime, pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-")]
+        created_after: Option<DateTime<FixedOffset>>,
+        /// Only sagas created before this time (RFC 3339, years 1970 to 9999).
+        #[param(value_type = Option<String>, format = DateTime, pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-")]
+        created_before: Option<DateTime<FixedOffset>>,
         /// Page size, 1 to 500 (default 50).
+        #[param(minimum = 1, maximum = 500)]
         limit: Option<i64>,
-        /// `next_cursor` of the previous page.
+        /// `next_cursor` of the previous page (empty: the first page).
+        #[param(
+            pattern = "^((0|[1-9][0-9]{0,15})_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$"
+        )]
         cursor: Option<String>,
     }
 
@@ -1242,7 +1562,8 @@ mod tests {
         /// in the answer says whether others match: call again.
         #[schema(minimum = 1, maximum = 5000)]
         limit: Option<usize>,
-        /// Only sagas in this state (default: `running` for cancel, `failed` for retry).
+        /// Only sagas in this state (empty or `null`: `running` for cancel, `failed` for retry).
+        #[schema(schema_with = optional_state)]
         state: Option<String>,
         /// Only sagas of this type.
         #[serde(rename = "type")]
@@ -1251,10 +1572,12 @@ mod tests {
         player_id: Option<String>,
         /// Only sagas of this quest.
         quest_id: Option<String>,
-        /// Only sagas created at or after this time.
-        created_after: Option<DateTime<Utc>>,
-        /// Only sagas created before this time.
-        created_before: Option<DateTime<Utc>>,
+        /// Only sagas created at or after this time (years 1970 to 9999).
+        #[schema(value_type = Option<String>, format = DateTime, pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-")]
+        created_after: Option<DateTime<FixedOffset>>,
+        /// Only sagas created before this time (years 1970 to 9999).
+        #[schema(value_type = Option<String>, format = DateTime, pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-")]
+        created_before: Option<DateTime<FixedOffset>>,
     }
 
     fn documented(keys: &[&str]) -> Value {
@@ -1391,7 +1714,121 @@ mod tests {
             updated_at: Utc::now(),
         };
         let cursor = encode_cursor(&view);
+        assert_eq!(cursor, format!("1700000000123456_{}", view.id));
         assert_eq!(decode_cursor(&cursor), Some((view.created_at, view.id.0)));
-        assert_eq!(decode_cursor("garbage!"), None);
+        for garbage in [
+            "garbage!",
+            "",
+            "01700000000123456_00000000-0000-0000-0000-000000000000",
+            "17000000001234567_00000000-0000-0000-0000-000000000000",
+            "1_00000000000000000000000000000000",
+            "1_0000000A-0000-0000-0000-000000000000",
+        ] {
+            assert_eq!(decode_cursor(garbage), None, "{garbage}");
+        }
+        assert!(decode_cursor("9999999999999999_00000000-0000-0000-0000-000000000000").is_some());
+    }
+
+    #[test]
+    fn waits_are_read_exactly_as_documented() {
+        for good in [
+            "",
+            "0",
+            "7",
+            "07",
+            "59.99",
+            "60",
+            "60.000",
+            "10s",
+            "1.5s",
+            "60s",
+            "0ms",
+            "500ms",
+            "59999.9ms",
+            "60000ms",
+            "60000.0ms",
+            "06000ms",
+        ] {
+            assert!(wait_is_documented(good), "{good:?}");
+            if !good.is_empty() {
+                assert!(crate::watch::parse_wait(good).is_ok(), "{good:?}");
+            }
+        }
+        for bad in [
+            "61", "60.5", "61s", "60001ms", "-1", "+1", ".5", "5.", "1e1", " 5", "5 ", "s", "ms",
+            "100", "600000ms", "abc", "NaN", "inf", "10m", "1.5.5",
+        ] {
+            assert!(!wait_is_documented(bad), "{bad:?}");
+        }
+        let doc =
+            serde_json::to_value(GetQuery::into_params(|| Some(ParameterIn::Query))).expect("json");
+        assert_eq!(doc[0]["schema"]["pattern"], WAIT_PATTERN);
+    }
+
+    #[test]
+    fn the_documented_patterns_are_the_checked_ones() {
+        let list = serde_json::to_value(ListQuery::into_params(|| Some(ParameterIn::Query)))
+            .expect("json");
+        let param = |name: &str| {
+            list.as_array()
+                .expect("parameters")
+                .iter()
+                .find(|p| p["name"] == name)
+                .cloned()
+                .expect("a parameter")
+        };
+        assert_eq!(param("cursor")["schema"]["pattern"], SAGA_CURSOR_PATTERN);
+        assert_eq!(param("created_after")["schema"]["pattern"], TIME_PATTERN);
+        assert_eq!(param("created_before")["schema"]["pattern"], TIME_PATTERN);
+        let filter = serde_json::to_value(SagaFilter::schema()).expect("json");
+        assert_eq!(
+            filter["properties"]["created_after"]["pattern"],
+            TIME_PATTERN
+        );
+        assert_eq!(
+            param("state")["schema"]["enum"],
+            json!([
+                "",
+                "running",
+                "compensating",
+                "completed",
+                "compensated",
+                "failed",
+                "cancelled"
+            ])
+        );
+        for state in SAGA_STATES {
+            assert_eq!(
+                SagaState::parse(state).map(|s| s.as_str()),
+                Some(state),
+                "{state}"
+            );
+        }
+        let at = |text: &str| DateTime::parse_from_rfc3339(text).expect("a time");
+        assert!(storable("t", Some(at("1970-01-01T00:00:00+05:00"))).is_ok());
+        assert!(storable("t", Some(at("9999-12-31T23:00:00-05:00"))).is_ok());
+        assert!(storable("t", Some(at("1969-12-31T23:00:00-05:00"))).is_err());
+        assert!(storable("t", Some(at("0001-01-01T00:00:00Z"))).is_err());
+    }
+
+    #[test]
+    fn a_start_is_documented_per_saga_type_from_the_registry() {
+        let mut router: OpenApiRouter<ApiState> =
+            OpenApiRouter::new().routes(routes!(start_saga, list_sagas));
+        let registry = crate::definition::Registry::builtin(&Policies::default());
+        document_saga_types(router.get_openapi_mut(), &registry);
+        let doc = serde_json::to_value(router.into_openapi()).expect("json");
+        let start = &doc["components"]["schemas"]["StartSaga"];
+        let variants = start["oneOf"].as_array().expect("one variant per type");
+        assert_eq!(variants.len(), registry.types().len(), "{start}");
+        let mission = variants
+            .iter()
+            .find(|v| v["properties"]["type"]["enum"] == json!(["mission_reward"]))
+            .expect("mission_reward");
+        assert_eq!(mission["required"], json!(["type", "input"]));
+        let input = &mission["properties"]["input"];
+        assert_eq!(input["required"], json!(["mission_id"]));
+        assert_eq!(input["properties"]["mission_id"]["format"], "uuid");
+        assert_eq!(input["additionalProperties"], json!(false));
     }
 }

@@ -52,6 +52,15 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// Every scope.
+    pub const ALL: [Scope; 5] = [
+        Scope::Game,
+        Scope::Read,
+        Scope::Operate,
+        Scope::Notify,
+        Scope::Admin,
+    ];
+
     /// The scope as written in the token file.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -235,8 +235,9 @@ async fn bound_request(State(edge): State<Edge>, request: Request, next: Next) -
     next.run(request).await
 }
 
-/// Whether a request starts a saga (directly or through a gift exchange).
-fn starts(method: &Method, path: &str) -> bool {
+/// Whether a request starts a saga (directly or through a gift exchange): the requests the
+/// per-token start rate limits.
+pub(crate) fn starts(method: &Method, path: &str) -> bool {
     if *method != Method::POST {
         return false;
     }

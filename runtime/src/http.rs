@@ -120,8 +120,11 @@ pub fn traced(router: Router) -> Router {
     )
 }
 
-/// `GET /openapi.json` serving `openapi`.
-pub fn openapi_route(openapi: utoipa::openapi::OpenApi) -> Router {
+/// `GET /openapi.json` serving `openapi`, completed with what every service has in common
+/// ([`crate::openapi::complete`]: the health, metrics and document routes, the security scheme
+/// and each operation's scopes, the edge's statuses).
+pub fn openapi_route(mut openapi: utoipa::openapi::OpenApi) -> Router {
+    crate::openapi::complete(&mut openapi);
     let document = std::sync::Arc::new(openapi);
     Router::new().route(
         "/openapi.json",

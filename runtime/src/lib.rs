@@ -12,6 +12,7 @@ pub mod edge;
 pub mod http;
 pub mod jetstream;
 pub mod metrics;
+pub mod openapi;
 pub mod outbox;
 pub mod problem;
 pub mod shutdown;

@@ -154,9 +154,43 @@ where
                 "the body holds a NUL character (\\u0000), which no field accepts",
             ));
         }
+        let mut value = value;
+        integral(&mut value);
         serde_json::from_value(value)
             .map(Self)
             .map_err(|e| ApiError::unprocessable("invalid_body", e.to_string()))
+    }
+}
+
+/// Writes every number of `value` that is a whole number in 64-bit range as an integer: JSON
+/// does not tell `67.0` from `67` (nor does JSON Schema's `integer`), so an integer field takes
+/// either.
+fn integral(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(number) if !number.is_i64() && !number.is_u64() => {
+            let Some(float) = number.as_f64() else {
+                return;
+            };
+            if float.fract() != 0.0 {
+                return;
+            }
+            if (-(2f64.powi(63))..2f64.powi(63)).contains(&float) {
+                #[allow(clippy::cast_possible_truncation, reason = "a whole number in range")]
+                let whole = float as i64;
+                *value = serde_json::Value::from(whole);
+            } else if (0.0..2f64.powi(64)).contains(&float) {
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "a whole, non-negative number in range"
+                )]
+                let whole = float as u64;
+                *value = serde_json::Value::from(whole);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(integral),
+        serde_json::Value::Object(map) => map.values_mut().for_each(integral),
+        _ => {}
     }
 }
 
@@ -231,4 +265,22 @@ fn query_rejection(rejection: &QueryRejection) -> ApiError {
 /// The fallback of every router: `route_not_found` (404).
 pub async fn route_not_found() -> ApiError {
     ApiError::not_found("route_not_found", "no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn whole_numbers_are_integers_whatever_their_notation() {
+        let mut value =
+            json!({"a": 67.0, "b": [1.5, -3.0, 0.0], "c": {"d": 2e3}, "e": 1e300, "f": "7.0"});
+        integral(&mut value);
+        assert_eq!(
+            value,
+            json!({"a": 67, "b": [1.5, -3, 0], "c": {"d": 2000}, "e": 1e300, "f": "7.0"})
+        );
+        assert!(value["a"].is_i64());
+    }
 }

@@ -76,11 +76,15 @@ pub fn router(api: GiftApi) -> (axum::Router, utoipa::openapi::OpenApi) {
 /// `POST /v1/gifts` body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NewGift {
-    /// Its name (1 to 200 characters).
+    /// Its name: 1 to 200 characters, not only white space (kept without the white space
+    /// around it).
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
     /// What it costs, in points (1 to 1,000,000).
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub price_points: i64,
     /// How many there are (0 to 1,000,000).
+    #[schema(minimum = 0, maximum = 1_000_000)]
     pub stock: i64,
 }
 
@@ -88,14 +92,17 @@ pub struct NewGift {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GiftPatch {
-    /// A new name (1 to 200 characters).
+    /// A new name (1 to 200 characters, not only white space).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: Option<String>,
     /// A new price (1 to 1,000,000), for exchanges from now on.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub price_points: Option<i64>,
     /// A new stock (0 to 1,000,000): a restock.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000)]
     pub stock: Option<i64>,
 }
 
@@ -103,7 +110,22 @@ pub struct GiftPatch {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NewExchange {
     /// Who exchanges points for the gift.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     pub customer_id: String,
+}
+
+/// The answer to an exchange: the `gift_exchange` saga, as the orchestrator shows it
+/// (`SagaView` in the platform's document).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExchangeSaga {
+    /// The saga's id.
+    #[schema(value_type = String, format = Uuid)]
+    pub id: uuid::Uuid,
+    /// `gift_exchange`.
+    #[serde(rename = "type")]
+    pub saga_type: String,
+    /// Its state (`running` when it was just started).
+    pub state: String,
 }
 
 /// Query of `GET /v1/gifts`.
@@ -111,8 +133,10 @@ pub struct NewExchange {
 #[into_params(parameter_in = Query)]
 pub struct GiftQuery {
     /// Gifts per page, 1 to 500 (50 when absent).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
-    /// Where the page starts: the `next_cursor` of the page before.
+    /// Where the page starts: the `next_cursor` of the page before (a gift's id).
+    #[param(format = Uuid)]
     pub cursor: Option<String>,
 }
 
@@ -130,11 +154,12 @@ fn invalid(detail: String) -> ApiError {
 }
 
 fn check_name(name: &str) -> Result<&str, ApiError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(invalid("name must be 1 to 200 characters".into()));
+    if !(1..=200).contains(&name.chars().count()) || name.trim().is_empty() {
+        return Err(invalid(
+            "name must be 1 to 200 characters, not only white space".into(),
+        ));
     }
-    Ok(name)
+    Ok(name.trim())
 }
 
 fn check_price(price: i64) -> Result<i64, ApiError> {
@@ -215,9 +240,13 @@ async fn list_gifts(
     let after = query
         .cursor
         .as_deref()
-        .map(|c| c.parse::<GiftId>())
+        .map(|c| {
+            runtime::openapi::canonical_uuid(c)
+                .map(GiftId::from)
+                .ok_or(())
+        })
         .transpose()
-        .map_err(|_| bad("cursor is not one this API gave".into()))?;
+        .map_err(|()| bad("cursor is not one this API gave".into()))?;
     let mut items = store::gifts(&api.pool, after, limit + 1).await?;
     let more = items.len() > usize::try_from(limit).unwrap_or(usize::MAX);
     items.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
@@ -231,7 +260,7 @@ async fn list_gifts(
 #[utoipa::path(
     get,
     path = "/v1/gifts/{id}",
-    params(("id" = String, Path, description = "The gift's id")),
+    params(("id" = String, Path, format = Uuid, description = "The gift's id")),
     responses(
         (status = 200, description = "The gift", body = Gift),
         (status = 404, description = "No such gift (gift_not_found)", body = Problem, content_type = "application/problem+json"),
@@ -249,7 +278,7 @@ async fn get_gift(
 #[utoipa::path(
     patch,
     path = "/v1/gifts/{id}",
-    params(("id" = String, Path, description = "The gift's id")),
+    params(("id" = String, Path, format = Uuid, description = "The gift's id")),
     request_body = GiftPatch,
     responses(
         (status = 200, description = "The gift, changed", body = Gift),
@@ -284,12 +313,12 @@ async fn update_gift(
     post,
     path = "/v1/gifts/{id}/exchanges",
     params(
-        ("id" = String, Path, description = "The gift's id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "The same key and body give the same exchange"),
+        ("id" = String, Path, format = Uuid, description = "The gift's id"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "The same key and body give the same exchange: 1 to 255 visible ASCII characters"),
     ),
     request_body = NewExchange,
     responses(
-        (status = 202, description = "The exchange's saga was started (or, with a used Idempotency-Key, found); the body is the saga", headers(("Location" = String, description = "/v1/sagas/{saga_id}"))),
+        (status = 202, description = "The exchange's saga was started (or, with a used Idempotency-Key, found); the body is the saga, as `GET /v1/sagas/{id}` shows it", body = ExchangeSaga, headers(("Location" = String, description = "/v1/sagas/{saga_id}"))),
         (status = 400, description = "Malformed JSON or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such gift (gift_not_found)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The Idempotency-Key was used with another body", body = Problem, content_type = "application/problem+json"),
@@ -346,6 +375,8 @@ mod tests {
         assert!(check_name(" ").is_err());
         assert!(check_name(&"é".repeat(200)).is_ok());
         assert!(check_name(&"é".repeat(201)).is_err());
+        assert!(check_name(&format!(" {}", "é".repeat(200))).is_err());
+        assert!(check_name("\t\n").is_err());
         for (price, ok) in [(0, false), (1, true), (1_000_000, true), (1_000_001, false)] {
             assert_eq!(check_price(price).is_ok(), ok, "{price}");
         }

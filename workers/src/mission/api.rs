@@ -28,12 +28,20 @@ pub fn router(pool: PgPool) -> (axum::Router, utoipa::openapi::OpenApi) {
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 pub struct NewMission {
     /// The player who owns it.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     pub customer_id: CustomerId,
-    /// Its title (1 to 200 characters).
+    /// Its title: 1 to 200 characters, not only white space (kept without the white space
+    /// around it).
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub title: String,
     /// The points it pays (1 to 1,000,000).
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub reward_points: i64,
+}
+
+/// Whether `title` is what [`NewMission::title`] documents.
+fn valid_title(title: &str) -> bool {
+    (1..=200).contains(&title.chars().count()) && !title.trim().is_empty()
 }
 
 /// Create a mission.
@@ -44,7 +52,7 @@ pub struct NewMission {
     responses(
         (status = 201, description = "Created", body = Mission, headers(("Location" = String, description = "/v1/missions/{id}"))),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (`invalid_body`)", body = Problem, content_type = "application/problem+json"),
     ),
     tag = "missions"
 )]
@@ -52,13 +60,13 @@ async fn create_mission(
     State(pool): State<PgPool>,
     ApiJson(body): ApiJson<NewMission>,
 ) -> Result<Response, ApiError> {
-    let title = body.title.trim();
-    if title.is_empty() || title.chars().count() > 200 {
+    if !valid_title(&body.title) {
         return Err(ApiError::unprocessable(
             "invalid_body",
-            "title must be 1 to 200 characters",
+            "title must be 1 to 200 characters, not only white space",
         ));
     }
+    let title = body.title.trim();
     if !(1..=1_000_000).contains(&body.reward_points) {
         return Err(ApiError::unprocessable(
             "invalid_body",
@@ -85,7 +93,7 @@ async fn find(pool: &PgPool, id: &str) -> Result<Mission, ApiError> {
 #[utoipa::path(
     get,
     path = "/v1/missions/{id}",
-    params(("id" = String, Path, description = "The mission's id")),
+    params(("id" = String, Path, format = Uuid, description = "The mission's id")),
     responses(
         (status = 200, description = "The mission", body = Mission),
         (status = 404, description = "No such mission", body = Problem, content_type = "application/problem+json"),
@@ -109,7 +117,7 @@ async fn set_hold(pool: &PgPool, id: &str, hold: bool) -> Result<axum::Json<Miss
 #[utoipa::path(
     post,
     path = "/v1/missions/{id}/hold",
-    params(("id" = String, Path, description = "The mission's id")),
+    params(("id" = String, Path, format = Uuid, description = "The mission's id")),
     responses(
         (status = 200, description = "The mission, on hold", body = Mission),
         (status = 404, description = "No such mission", body = Problem, content_type = "application/problem+json"),
@@ -127,7 +135,7 @@ async fn hold_mission(
 #[utoipa::path(
     delete,
     path = "/v1/missions/{id}/hold",
-    params(("id" = String, Path, description = "The mission's id")),
+    params(("id" = String, Path, format = Uuid, description = "The mission's id")),
     responses(
         (status = 200, description = "The mission, released", body = Mission),
         (status = 404, description = "No such mission", body = Problem, content_type = "application/problem+json"),
@@ -139,4 +147,40 @@ async fn release_mission(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Mission>, ApiError> {
     set_hold(&pool, &id, false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utoipa::PartialSchema as _;
+
+    #[test]
+    fn titles_are_checked_as_documented() {
+        assert!(valid_title("Defeat the dragon"));
+        assert!(valid_title(&"é".repeat(200)));
+        assert!(valid_title(" x "));
+        for bad in [
+            "",
+            " ",
+            "\n\t",
+            &"x".repeat(201),
+            &format!(" {}", "x".repeat(200)),
+        ] {
+            assert!(!valid_title(bad), "{bad:?}");
+        }
+        let schema = serde_json::to_value(NewMission::schema()).expect("json");
+        let title = &schema["properties"]["title"];
+        assert_eq!(
+            (&title["minLength"], &title["maxLength"], &title["pattern"]),
+            (
+                &serde_json::json!(1),
+                &serde_json::json!(200),
+                &serde_json::json!("\\S")
+            )
+        );
+        assert_eq!(
+            schema["properties"]["customer_id"]["pattern"],
+            runtime::openapi::CUSTOMER_ID_PATTERN
+        );
+    }
 }

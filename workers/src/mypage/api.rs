@@ -3,7 +3,6 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use contracts::CustomerId;
 use runtime::ApiError;
@@ -29,12 +28,81 @@ pub struct ApiState {
 
 /// The routes and their OpenAPI description.
 pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
-    OpenApiRouter::new()
+    let (router, mut openapi) = OpenApiRouter::new()
         .routes(routes!(get_rebuild, start_rebuild))
         .routes(routes!(list_mypages))
         .routes(routes!(get_mypage))
         .with_state(state)
-        .split_for_parts()
+        .split_for_parts();
+    document_list_query(&mut openapi);
+    (router, openapi)
+}
+
+/// What a cursor looks like: the page's last row's id and kind.
+pub const CURSOR_PATTERN: &str =
+    "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}_(mission|gift))?$";
+
+/// The filters of `GET /v1/mypages`, of which exactly one must be given.
+const FILTERS: [&str; 3] = ["customer_id", "reward_id", "telegram_id"];
+
+/// Documents the query of `GET /v1/mypages` as one object (form style, exploded: each property
+/// is a query parameter of its own), so that it can say what no list of separate parameters can:
+/// exactly one of `customer_id`, `reward_id` and `telegram_id`.
+fn document_list_query(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn, ParameterStyle};
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let Some(list) = openapi
+        .paths
+        .paths
+        .get_mut("/v1/mypages")
+        .and_then(|item| item.get.as_mut())
+    else {
+        return;
+    };
+    let mut query = ObjectBuilder::new().schema_type(Type::Object).description(Some(
+        "Exactly one of `customer_id`, `reward_id` and `telegram_id`; `limit` and `cursor` page.",
+    ));
+    for parameter in list.parameters.take().into_iter().flatten() {
+        let RefOr::T(parameter) = parameter else {
+            continue;
+        };
+        let mut schema = match parameter.schema {
+            Some(RefOr::T(Schema::Object(object))) => object,
+            _ => continue,
+        };
+        // A present property is a value: none is `null`.
+        schema.schema_type = match parameter.name.as_str() {
+            "limit" => Type::Integer.into(),
+            _ => Type::String.into(),
+        };
+        schema.description = parameter.description.clone();
+        query = query.property(parameter.name, schema);
+    }
+    let mut exactly_one = OneOfBuilder::new();
+    for filter in FILTERS {
+        exactly_one = exactly_one.item(ObjectBuilder::new().required(filter));
+    }
+    let schema: Schema = query.into();
+    let Schema::Object(mut object) = schema else {
+        return;
+    };
+    let mut all = utoipa::openapi::schema::AllOfBuilder::new()
+        .item(Schema::Object(std::mem::take(&mut object)))
+        .item(exactly_one);
+    all = all.description(Some(
+        "Exactly one of `customer_id`, `reward_id` and `telegram_id`; `limit` and `cursor` page.",
+    ));
+    list.parameters = Some(vec![RefOr::T(
+        ParameterBuilder::new()
+            .name("query")
+            .parameter_in(ParameterIn::Query)
+            .required(utoipa::openapi::Required::True)
+            .style(Some(ParameterStyle::Form))
+            .explode(Some(true))
+            .schema(Some(all))
+            .build(),
+    )]);
 }
 
 /// The seed's Mypage row: a mission, its reward and the notification about it.
@@ -152,15 +220,21 @@ pub struct MypagePage {
 #[into_params(parameter_in = Query)]
 pub struct MypageQuery {
     /// A customer's missions and gift exchanges, with their balance.
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     pub customer_id: Option<String>,
     /// The mission holding this reward.
+    #[param(format = Uuid)]
     pub reward_id: Option<String>,
     /// The rows of this notification (`telegram_id`).
+    #[param(format = Uuid)]
     pub telegram_id: Option<String>,
     /// Rows per page, 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (empty: the first page).
+    #[param(
+        pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}_(mission|gift))?$"
+    )]
     pub cursor: Option<String>,
 }
 
@@ -179,19 +253,16 @@ fn store_error(store: &Store, error: sqlx::Error) -> ApiError {
     }
 }
 
+/// The cursor after a row ([`CURSOR_PATTERN`]).
 fn encode_cursor(after: After) -> String {
-    let raw = format!("{}|{}", after.item_id, after.kind.as_str());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    format!("{}_{}", after.item_id, after.kind.as_str())
 }
 
+/// The position a cursor names; `None` unless it is exactly what [`encode_cursor`] writes.
 fn decode_cursor(cursor: &str) -> Option<After> {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()?;
-    let raw = String::from_utf8(raw).ok()?;
-    let (id, kind) = raw.split_once('|')?;
+    let (id, kind) = cursor.split_once('_')?;
     Some(After {
-        item_id: id.parse().ok()?,
+        item_id: runtime::openapi::canonical_uuid(id)?,
         kind: Kind::parse(kind)?,
     })
 }
@@ -199,9 +270,8 @@ fn decode_cursor(cursor: &str) -> Option<After> {
 /// The filter a query names, checked.
 fn filter_of(query: &MypageQuery) -> Result<Filter, ApiError> {
     let uuid = |name: &str, value: &str| {
-        value
-            .parse::<Uuid>()
-            .map_err(|_| invalid(format!("{name} must be a uuid; got {value:?}")))
+        runtime::openapi::canonical_uuid(value)
+            .ok_or_else(|| invalid(format!("{name} must be a uuid; got {value:?}")))
     };
     match (
         query.customer_id.as_deref(),
@@ -224,7 +294,7 @@ fn filter_of(query: &MypageQuery) -> Result<Filter, ApiError> {
 #[utoipa::path(
     get,
     path = "/v1/mypages/{mission_id}",
-    params(("mission_id" = String, Path, description = "The mission")),
+    params(("mission_id" = String, Path, format = Uuid, description = "The mission")),
     responses(
         (status = 200, description = "The row", body = MissionRow),
         (status = 404, description = "No row for this mission (or not a mission id)", body = Problem, content_type = "application/problem+json"),
@@ -373,8 +443,16 @@ mod tests {
             item_id: Uuid::now_v7(),
             kind: Kind::Gift,
         };
+        assert_eq!(encode_cursor(after), format!("{}_gift", after.item_id));
         assert_eq!(decode_cursor(&encode_cursor(after)), Some(after));
-        assert_eq!(decode_cursor("garbage!"), None);
+        for garbage in [
+            "garbage!".to_owned(),
+            format!("{}_other", after.item_id),
+            format!("{}_gift", after.item_id.simple()),
+            format!("{}_gift", after.item_id.to_string().to_uppercase()),
+        ] {
+            assert_eq!(decode_cursor(&garbage), None, "{garbage}");
+        }
     }
 
     #[test]

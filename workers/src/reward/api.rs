@@ -24,7 +24,8 @@ pub fn router(pool: PgPool) -> (axum::Router, utoipa::openapi::OpenApi) {
 /// The reward budget.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Budget {
-    /// Points left to grant; `null` means no limit.
+    /// Points left to grant (0 or more); `null` (or left out) means no limit.
+    #[schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub remaining_points: Option<i64>,
 }
 
@@ -47,7 +48,7 @@ async fn get_budget(State(pool): State<PgPool>) -> Result<axum::Json<Budget>, Ap
     request_body = Budget,
     responses(
         (status = 200, description = "The budget", body = Budget),
-        (status = 422, description = "Negative budget", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A negative budget, or not a number (`invalid_body`)", body = Problem, content_type = "application/problem+json"),
     ),
     tag = "rewards"
 )]
@@ -69,7 +70,7 @@ async fn set_budget(
 #[utoipa::path(
     get,
     path = "/v1/rewards/{id}",
-    params(("id" = String, Path, description = "The reward's id")),
+    params(("id" = String, Path, format = Uuid, description = "The reward's id")),
     responses(
         (status = 200, description = "The reward", body = Reward),
         (status = 404, description = "No such reward", body = Problem, content_type = "application/problem+json"),

@@ -15,7 +15,6 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use uuid::Uuid;
 
 use super::bot::codes;
 use super::delivery::{Delivery, Key, Message, Outcome};
@@ -44,6 +43,8 @@ impl FromRef<Delivery> for PgPool {
 pub const NOTIFICATION_SENDING: &str = "notification_sending";
 /// Problem code: the `Idempotency-Key` was used for another customer or text (409).
 pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
+/// Problem code: the message names a saga that has a notification under another key (409).
+pub const SAGA_ALREADY_NOTIFIED: &str = "saga_already_notified";
 /// Problem code: a missing or malformed `Idempotency-Key` (400).
 pub const INVALID_IDEMPOTENCY_KEY: &str = "invalid_idempotency_key";
 
@@ -55,7 +56,7 @@ pub struct IdempotencyKey(pub String);
 impl IdempotencyKey {
     /// Whether `key` is 1 to 255 visible ASCII characters (`!` to `~`).
     pub fn is_valid(key: &str) -> bool {
-        (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+        runtime::openapi::is_idempotency_key(key)
     }
 }
 
@@ -83,9 +84,11 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NewMessage {
     /// Whom to tell (a customer with a linked chat).
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     pub customer_id: CustomerId,
-    /// The text: 1 to 4096 UTF-16 code units, not only white space.
+    /// The text: 1 to 4096 UTF-16 code units (a character beyond the Basic Multilingual Plane
+    /// counts twice), not only white space.
+    #[schema(min_length = 1, max_length = 4096, pattern = "\\S")]
     pub text: String,
     /// The saga the message belongs to, if any (a gift exchange names its own): the
     /// notification's events carry it.
@@ -182,13 +185,13 @@ async fn answer(pool: &PgPool, outcome: Outcome) -> Result<Response, ApiError> {
 #[utoipa::path(
     post,
     path = "/v1/telegram/messages",
-    params(("Idempotency-Key" = String, Header, description = "Required: 1 to 255 visible ASCII characters naming this message")),
+    params(("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$", description = "Required: 1 to 255 visible ASCII characters naming this message")),
     request_body = NewMessage,
     responses(
         (status = 201, description = "Sent now", body = Notification, headers(("Location" = String, description = "/v1/telegram/notifications/{id}"))),
         (status = 200, description = "Sent earlier under this key", body = Notification, headers(("Location" = String, description = "/v1/telegram/notifications/{id}"))),
         (status = 400, description = "Malformed JSON, or a missing or malformed Idempotency-Key (invalid_idempotency_key)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The key was used for another customer or text (idempotency_key_reused)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The key was used for another customer or text (idempotency_key_reused), or the saga named has a notification under another key (saga_already_notified)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "An invalid body (invalid_body), or a message that can never be delivered: chat_not_linked, telegram_forbidden, telegram_bad_request, telegram_unauthorized, telegram_rejected, telegram_delivery_unknown", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Telegram failed for now (telegram_unavailable, telegram_rate_limited, telegram_circuit_open) or another request is sending it (notification_sending); the message stays pending. Retry-After says when to ask again", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = String, description = "Seconds to wait"))),
@@ -207,7 +210,18 @@ async fn send_message(
         customer: &body.customer_id,
         text: &body.text,
     };
-    let outcome = delivery.deliver(&message).await?;
+    let outcome = match delivery.deliver(&message).await {
+        Ok(outcome) => outcome,
+        // The saga has a notification already, under another key (a notification is unique
+        // per saga): the key's row was not written.
+        Err(sqlx::Error::RowNotFound) if body.saga_id.is_some() => {
+            return Err(ApiError::conflict(
+                SAGA_ALREADY_NOTIFIED,
+                "this saga has a notification already, under another Idempotency-Key",
+            ));
+        }
+        Err(error) => return Err(error.into()),
+    };
     answer(delivery.pool(), outcome).await
 }
 
@@ -215,7 +229,27 @@ async fn send_message(
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LinkChat {
     /// The Telegram chat id (a non-zero integer; negative for groups and channels).
+    #[schema(schema_with = chat_id)]
     pub chat_id: i64,
+}
+
+/// A Telegram chat id: a non-zero 64-bit integer.
+fn chat_id() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    let range = |minimum: i64, maximum: i64| {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(minimum))
+            .maximum(Some(maximum))
+    };
+    AnyOfBuilder::new()
+        .item(range(1, i64::MAX))
+        .item(range(i64::MIN, -1))
+        .description(Some(
+            "The Telegram chat id (a non-zero integer; negative for groups and channels).",
+        ))
+        .into()
 }
 
 /// Query of `GET /v1/telegram/notifications`.
@@ -223,9 +257,10 @@ pub struct LinkChat {
 #[into_params(parameter_in = Query)]
 pub struct NotificationQuery {
     /// Only the notification of this saga.
-    #[param(value_type = Option<String>, format = Uuid)]
-    pub saga_id: Option<Uuid>,
+    #[param(format = Uuid)]
+    pub saga_id: Option<String>,
     /// Only notifications for this customer.
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     pub customer_id: Option<String>,
     /// Only the notification sent under this idempotency key.
     pub idempotency_key: Option<String>,
@@ -242,7 +277,7 @@ pub struct NotificationList {
 #[utoipa::path(
     put,
     path = "/v1/telegram/chats/{customer_id}",
-    params(("customer_id" = String, Path, description = "The customer")),
+    params(("customer_id" = String, Path, pattern = "^[A-Za-z0-9._:-]{1,64}$", description = "The customer")),
     request_body = LinkChat,
     responses(
         (status = 200, description = "The link", body = ChatLink),
@@ -272,7 +307,7 @@ async fn link_chat(
 #[utoipa::path(
     get,
     path = "/v1/telegram/chats/{customer_id}",
-    params(("customer_id" = String, Path, description = "The customer")),
+    params(("customer_id" = String, Path, pattern = "^[A-Za-z0-9._:-]{1,64}$", description = "The customer")),
     responses(
         (status = 200, description = "The link", body = ChatLink),
         (status = 404, description = "No chat linked", body = Problem, content_type = "application/problem+json"),
@@ -295,7 +330,7 @@ async fn get_chat(
 #[utoipa::path(
     get,
     path = "/v1/telegram/notifications/{id}",
-    params(("id" = String, Path, description = "The notification's id")),
+    params(("id" = String, Path, format = Uuid, description = "The notification's id")),
     responses(
         (status = 200, description = "The notification", body = Notification),
         (status = 404, description = "No such notification", body = Problem, content_type = "application/problem+json"),
@@ -333,9 +368,22 @@ async fn list_notifications(
     ApiQuery(query): ApiQuery<NotificationQuery>,
 ) -> Result<axum::Json<NotificationList>, ApiError> {
     let customer = query.customer_id.map(CustomerId::try_from).transpose()?;
+    let saga = query
+        .saga_id
+        .as_deref()
+        .map(|id| {
+            runtime::openapi::canonical_uuid(id).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("saga_id must be a uuid; got {id:?}"),
+                )
+            })
+        })
+        .transpose()?;
     let items = store::notifications(
         &pool,
-        query.saga_id,
+        saga,
         customer.as_ref(),
         query.idempotency_key.as_deref(),
     )

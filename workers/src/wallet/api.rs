@@ -2,7 +2,6 @@
 //! freeze and unfreeze it.
 
 use axum::extract::{Path, State};
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use contracts::CustomerId;
 use runtime::ApiError;
@@ -47,24 +46,26 @@ pub struct EntryPage {
     /// Entries per page, 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (empty: the first page).
+    #[param(pattern = "^((0|[1-9][0-9]{0,15})_(0|[1-9][0-9]{0,17}))?$")]
     pub cursor: Option<String>,
 }
 
+/// What a cursor looks like: the page's last entry's time (µs since 1970) and id.
+pub const CURSOR_PATTERN: &str = "^((0|[1-9][0-9]{0,15})_(0|[1-9][0-9]{0,17}))?$";
+
+/// The cursor after `entry` ([`CURSOR_PATTERN`]).
 fn encode_cursor(entry: &Entry) -> String {
-    let raw = format!("{}|{}", entry.created_at.timestamp_micros(), entry.id);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    format!("{}_{}", entry.created_at.timestamp_micros(), entry.id)
 }
 
+/// The position a cursor names; `None` unless it is exactly what [`encode_cursor`] writes.
 fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, i64)> {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()?;
-    let raw = String::from_utf8(raw).ok()?;
-    let (micros, id) = raw.split_once('|')?;
+    let (micros, id) = cursor.split_once('_')?;
+    let micros = i64::try_from(runtime::openapi::decimal(micros, 16)?).ok()?;
     Some((
-        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-        id.parse().ok()?,
+        DateTime::from_timestamp_micros(micros)?,
+        i64::try_from(runtime::openapi::decimal(id, 18)?).ok()?,
     ))
 }
 
@@ -105,7 +106,7 @@ async fn wallet(pool: &PgPool, customer: &CustomerId, page: EntryPage) -> Result
 #[utoipa::path(
     get,
     path = "/v1/wallets/{customer_id}",
-    params(("customer_id" = String, Path, description = "The customer"), EntryPage),
+    params(("customer_id" = String, Path, pattern = "^[A-Za-z0-9._:-]{1,64}$", description = "The customer"), EntryPage),
     responses(
         (status = 200, description = "The wallet", body = Wallet),
         (status = 400, description = "A bad limit or cursor", body = Problem, content_type = "application/problem+json"),
@@ -135,7 +136,7 @@ async fn set_frozen(pool: &PgPool, id: &str, frozen: bool) -> Result<axum::Json<
 #[utoipa::path(
     post,
     path = "/v1/wallets/{customer_id}/freeze",
-    params(("customer_id" = String, Path, description = "The customer")),
+    params(("customer_id" = String, Path, pattern = "^[A-Za-z0-9._:-]{1,64}$", description = "The customer")),
     responses(
         (status = 200, description = "The wallet, frozen", body = Wallet),
         (status = 422, description = "Not a valid customer id", body = Problem, content_type = "application/problem+json"),
@@ -153,7 +154,7 @@ async fn freeze_wallet(
 #[utoipa::path(
     post,
     path = "/v1/wallets/{customer_id}/unfreeze",
-    params(("customer_id" = String, Path, description = "The customer")),
+    params(("customer_id" = String, Path, pattern = "^[A-Za-z0-9._:-]{1,64}$", description = "The customer")),
     responses(
         (status = 200, description = "The wallet, unfrozen", body = Wallet),
         (status = 422, description = "Not a valid customer id", body = Problem, content_type = "application/problem+json"),
@@ -182,10 +183,18 @@ mod tests {
             reward_id: None,
             created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).expect("time"),
         };
+        assert_eq!(encode_cursor(&entry), "1700000000123456_42");
         assert_eq!(
             decode_cursor(&encode_cursor(&entry)),
             Some((entry.created_at, 42))
         );
-        assert_eq!(decode_cursor("garbage!"), None);
+        for garbage in ["garbage!", "1_", "_1", "01_1", "1_01", "1_-1", "1|1"] {
+            assert_eq!(decode_cursor(garbage), None, "{garbage}");
+        }
+        let doc = serde_json::to_value(<EntryPage as utoipa::IntoParams>::into_params(|| {
+            Some(utoipa::openapi::path::ParameterIn::Query)
+        }))
+        .expect("json");
+        assert_eq!(doc[1]["schema"]["pattern"], CURSOR_PATTERN);
     }
 }
