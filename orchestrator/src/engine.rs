@@ -1,15 +1,17 @@
 //! The engine: applies replies, fired timers and operator commands to sagas through the state
 //! machine and turns the resulting effects into store changes (commands to send, event outbox
 //! rows, timers, the saga's search keys as its definition derives them, its history entries).
-//! One transaction carries a whole batch; a version conflict or deadlock retries the batch with
-//! fresh state. A reply needs no inbox: the machine applies only the answer to the attempt in
+//! A batch of replies is one read and one write statement (no transaction around them: the
+//! write is all-or-nothing per saga and checks each saga's version, and the replies of a saga
+//! another writer changed are applied again on fresh state); timers and operator commands run
+//! in one transaction per batch, retried with fresh state on a conflict or deadlock. A reply needs no inbox: the machine applies only the answer to the attempt in
 //! flight, so a duplicate, a late or a replayed reply finds its attempt over and is ignored.
 //! After the commit it records metrics, announces every change of a saga's state to the
 //! waiters of every replica ([`crate::watch`]), publishes the commands (a lost publish is
 //! re-sent by the step timeout, which the saga row already holds) and the events. It also
 //! records a span per step attempt, with the definition's search keys as span attributes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -218,36 +220,65 @@ impl Engine {
         })
     }
 
-    /// Applies a batch of replies in one transaction (retried on conflicts), then publishes
-    /// the outbox rows it wrote. Returns one outcome per reply, in order.
+    /// Applies a batch of replies: one read of their sagas and one write, each saga written
+    /// only if no other writer changed it since the read; the replies of sagas that did
+    /// change are applied again on fresh state. Publishes what the moved sagas send. Returns
+    /// one outcome per reply, in order.
     pub async fn apply_replies(
         &self,
         replies: &[Received],
     ) -> Result<Vec<ReplyOutcome>, StoreError> {
+        let mut outcomes: Vec<Option<ReplyOutcome>> = vec![None; replies.len()];
+        let mut pending: Vec<usize> = (0..replies.len()).collect();
         let mut attempt = 0;
-        loop {
+        while !pending.is_empty() {
             attempt += 1;
-            match self.try_apply_replies(replies).await {
-                Ok((outcomes, changes)) => {
+            let batch: Vec<&Received> = pending.iter().map(|&i| &replies[i]).collect();
+            match self.try_apply_replies(&batch).await {
+                Ok((results, changes)) => {
                     self.dispatch(changes).await;
-                    return Ok(outcomes);
+                    let mut again = Vec::new();
+                    for (&index, result) in pending.iter().zip(results) {
+                        match result {
+                            Some(outcome) => outcomes[index] = Some(outcome),
+                            None => again.push(index),
+                        }
+                    }
+                    if !again.is_empty() {
+                        tracing::debug!(
+                            sagas = again.len(),
+                            attempt,
+                            "replies met a concurrent change; applying them again"
+                        );
+                        if attempt >= TRANSIENT_RETRIES {
+                            return Err(StoreError::Conflict);
+                        }
+                    }
+                    pending = again;
                 }
                 Err(error) if error.is_transient() && attempt < TRANSIENT_RETRIES => {
-                    tracing::debug!(%error, attempt, "reply batch conflicted; retrying");
+                    tracing::debug!(%error, attempt, "reply batch failed; retrying");
                 }
                 Err(error) => return Err(error),
             }
         }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(ReplyOutcome::Ignored))
+            .collect())
     }
 
+    /// One read and one write, without a transaction around them (the write checks each
+    /// saga's version). A reply whose saga another writer changed meanwhile has no outcome
+    /// (`None`): nothing of its saga was written.
     async fn try_apply_replies(
         &self,
-        received: &[Received],
-    ) -> Result<(Vec<ReplyOutcome>, Vec<Change>), StoreError> {
-        let mut tx = self.store.begin().await?;
+        received: &[&Received],
+    ) -> Result<(Vec<Option<ReplyOutcome>>, Vec<Change>), StoreError> {
+        let mut conn = self.store.pool().acquire().await?;
         let mut spans = Vec::new();
         let saga_ids: Vec<SagaId> = received.iter().map(|r| r.reply.saga_id).collect();
-        let loaded = store::load_many(&mut tx, &saga_ids).await?;
+        let loaded = store::load_many(&mut conn, &saga_ids).await?;
         let mut outcomes: Vec<Option<ReplyOutcome>> = received
             .iter()
             .map(|r| {
@@ -270,7 +301,7 @@ impl Engine {
             .collect();
         let mut current: HashMap<SagaId, Pending> = HashMap::new();
         let now = Utc::now();
-        for (Received { reply, .. }, outcome) in received.iter().zip(outcomes.iter_mut()) {
+        for (Received { reply, .. }, outcome) in received.iter().copied().zip(outcomes.iter_mut()) {
             if outcome.is_some() {
                 continue;
             }
@@ -294,7 +325,9 @@ impl Engine {
                     entry.0 = next.saga;
                     entry.1.extend(next.effects);
                     if runtime::telemetry::exporting() {
-                        spans.extend(attempt_span(definition, &entry.0, reply));
+                        spans.extend(
+                            attempt_span(definition, &entry.0, reply).map(|s| (reply.saga_id, s)),
+                        );
                     }
                     *outcome = Some(ReplyOutcome::Applied);
                 }
@@ -315,15 +348,25 @@ impl Engine {
                     .map_err(|e| StoreError::Corrupt(id.0, e.to_string()))?,
             );
         }
-        store::apply(&mut tx, &changes).await?;
-        tx.commit().await?;
+        let moved = store::apply_moving(&mut conn, &changes).await?;
+        drop(conn);
+        let (changes, stale): (Vec<Change>, Vec<Change>) = changes
+            .into_iter()
+            .partition(|c| moved.contains(&c.after.id));
+        if !stale.is_empty() {
+            let stale: HashSet<SagaId> = stale.iter().map(|c| c.after.id).collect();
+            for (r, outcome) in received.iter().zip(outcomes.iter_mut()) {
+                if stale.contains(&r.reply.saga_id) {
+                    *outcome = None;
+                }
+            }
+            spans.retain(|(id, _)| !stale.contains(id));
+        }
         changes.iter().for_each(crate::observe::record);
         self.watch.announce(&changes).await;
-        spans.into_iter().for_each(runtime::telemetry::record_span);
-        let outcomes = outcomes
+        spans
             .into_iter()
-            .map(|o| o.unwrap_or(ReplyOutcome::Ignored))
-            .collect();
+            .for_each(|(_, span)| runtime::telemetry::record_span(span));
         Ok((outcomes, changes))
     }
 

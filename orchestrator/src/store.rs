@@ -6,7 +6,7 @@
 //! no field of any particular saga. Every read is counted in [`STORE_READS`] by query, so that
 //! what a caller costs the database shows in the metrics.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -299,46 +299,22 @@ impl Store {
             .collect()
     }
 
-    /// Creates a saga with its first effects. With an idempotency key that is already taken,
-    /// nothing is written and the existing saga's key record is returned.
+    /// Creates a saga with its first effects, in one statement. With an idempotency key that
+    /// is already taken, nothing is written and the existing saga's key record is returned.
     pub async fn create(
         &self,
         change: Change,
         idempotency: Option<(&str, &[u8])>,
     ) -> Result<Result<(), KeyedSaga>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let saga = &change.after;
-        let inserted: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO sagas (id, saga_type, definition_version, state, input, context, \
-             idempotency_key, request_hash, created_at, updated_at, trace_id, trace_root_span, \
-             search_keys) \
-             VALUES ($1, $2, $3, $4::saga_state, $5, $6, $7, $8, $9, $9, $10, $11, $12) \
-             ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-        )
-        .bind(saga.id.0)
-        .bind(&saga.saga_type)
-        .bind(i32::try_from(saga.definition_version).unwrap_or(i32::MAX))
-        .bind(saga.state.as_str())
-        .bind(Value::Object(saga.input.clone()))
-        .bind(Value::Object(saga.context.clone()))
-        .bind(idempotency.map(|(k, _)| k))
-        .bind(idempotency.map(|(_, h)| h))
-        .bind(saga.created_at)
-        .bind(saga.trace_id.as_deref())
-        .bind(saga.trace_root_span.as_deref())
-        .bind(keys_json(&change.search_keys))
-        .fetch_optional(&mut *tx)
-        .await?;
-        if inserted.is_none() {
-            tx.rollback().await?;
+        let mut conn = self.pool.acquire().await?;
+        let written = write(&mut conn, std::slice::from_ref(&change), idempotency).await?;
+        if written.created.is_empty() {
             let key = idempotency.map(|(k, _)| k).unwrap_or_default();
             return match self.find_key(key).await? {
                 Some(existing) => Ok(Err(existing)),
                 None => Err(StoreError::Conflict),
             };
         }
-        write(&mut tx, std::slice::from_ref(&change)).await?;
-        tx.commit().await?;
         Ok(Ok(()))
     }
 
@@ -623,19 +599,33 @@ async fn load_rows(
         .collect()
 }
 
-/// Writes changes of existing sagas: version-checked saga rows, changed steps and
-/// compensations, timers, outbox rows and history entries, in one statement. A concurrent
-/// change fails the whole batch with [`StoreError::Conflict`].
+/// Writes changes of existing sagas inside the caller's transaction: version-checked saga
+/// rows, changed steps and compensations, timers, outbox rows and history entries, in one
+/// statement. A concurrent change fails the whole batch with [`StoreError::Conflict`].
 pub async fn apply(conn: &mut PgConnection, changes: &[Change]) -> Result<(), StoreError> {
     if changes.is_empty() {
         return Ok(());
     }
     let expected = changes.iter().filter(|c| c.before.is_some()).count();
-    let written = write(conn, changes).await?;
-    if written != expected {
+    let written = write(conn, changes, None).await?;
+    if written.moved.len() != expected {
         return Err(StoreError::Conflict);
     }
     Ok(())
+}
+
+/// Writes changes of existing sagas in one statement of its own (no transaction around it):
+/// each saga's rows are written only if its version still matches, so a saga another writer
+/// changed meanwhile is left entirely as it was. Returns the sagas that moved.
+pub async fn apply_moving(
+    conn: &mut PgConnection,
+    changes: &[Change],
+) -> Result<HashSet<SagaId>, StoreError> {
+    if changes.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let written = write(conn, changes, None).await?;
+    Ok(written.moved.into_iter().map(SagaId).collect())
 }
 
 /// The columns of one batch write.
@@ -659,7 +649,24 @@ struct Batch {
     steps: StepColumns,
     comps: StepColumns,
     outbox: Vec<OutboxMessage>,
+    outbox_saga: Vec<Uuid>,
     history: HistoryColumns,
+    created: NewSagas,
+}
+
+/// The rows of sagas a batch creates.
+#[derive(Default)]
+struct NewSagas {
+    id: Vec<Uuid>,
+    saga_type: Vec<String>,
+    definition_version: Vec<i32>,
+    state: Vec<&'static str>,
+    input: Vec<Value>,
+    context: Vec<Value>,
+    created_at: Vec<DateTime<Utc>>,
+    trace_id: Vec<Option<String>>,
+    trace_root_span: Vec<Option<String>>,
+    keys: Vec<Value>,
 }
 
 #[derive(Default)]
@@ -706,6 +713,21 @@ impl Batch {
                 b.timer_after.push(wait.as_secs_f64());
             }
             let before = change.before.as_ref();
+            if before.is_none() {
+                let saga = &change.after;
+                let n = &mut b.created;
+                n.id.push(id);
+                n.saga_type.push(saga.saga_type.clone());
+                n.definition_version
+                    .push(i32::try_from(saga.definition_version).unwrap_or(i32::MAX));
+                n.state.push(saga.state.as_str());
+                n.input.push(Value::Object(saga.input.clone()));
+                n.context.push(Value::Object(saga.context.clone()));
+                n.created_at.push(saga.created_at);
+                n.trace_id.push(saga.trace_id.clone());
+                n.trace_root_span.push(saga.trace_root_span.clone());
+                n.keys.push(keys_json(&change.search_keys));
+            }
             if let Some(before) = before {
                 b.saga_id.push(id);
                 b.saga_state.push(change.after.state.as_str());
@@ -749,6 +771,8 @@ impl Batch {
                 s.retry_base.push(int(c.retry_base));
             }
             b.outbox.extend(change.outbox.iter().cloned());
+            b.outbox_saga
+                .extend(std::iter::repeat_n(id, change.outbox.len()));
             for entry in &change.history {
                 b.history.push(id, entry);
             }
@@ -757,9 +781,23 @@ impl Batch {
     }
 }
 
-/// Writes a batch in one round trip (data-modifying CTEs); returns how many existing saga
-/// rows matched their expected version.
-async fn write(conn: &mut PgConnection, changes: &[Change]) -> Result<usize, StoreError> {
+/// What one write did.
+struct Written {
+    /// The existing sagas whose version matched: they, and only they, were written.
+    moved: Vec<Uuid>,
+    /// The new sagas inserted (none when the idempotency key was taken).
+    created: Vec<Uuid>,
+}
+
+/// Writes a batch in one round trip (data-modifying CTEs). A saga's steps, compensations,
+/// timers, outbox rows and history are written only with its row: when its version matched
+/// (`moved`) or when it was inserted (`created`, with `idempotency` as its key and request
+/// hash), so that the statement is all-or-nothing per saga even outside a transaction.
+async fn write(
+    conn: &mut PgConnection,
+    changes: &[Change],
+    idempotency: Option<(&str, &[u8])>,
+) -> Result<Written, StoreError> {
     let b = Batch::of(changes);
     let outbox_ids: Vec<Uuid> = b.outbox.iter().map(|m| m.id).collect();
     let outbox_subjects: Vec<&str> = b
@@ -777,26 +815,42 @@ async fn write(conn: &mut PgConnection, changes: &[Change]) -> Result<usize, Sto
         .iter()
         .map(|m| m.outgoing.payload.as_slice())
         .collect();
-    let written: i64 = sqlx::query_scalar(
-        "WITH cleared AS (DELETE FROM timers WHERE saga_id = ANY($1::uuid[])), \
-         armed AS (INSERT INTO timers (saga_id, slot, kind, step_index, phase, attempt, due_at) \
-             SELECT id, slot, kind, step, phase, attempt, now() + make_interval(secs => wait) \
-             FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int2[], $6::text[], $7::int4[], \
-                         $8::float8[]) AS t(id, slot, kind, step, phase, attempt, wait) \
-             ON CONFLICT (saga_id, slot) DO UPDATE SET kind = excluded.kind, \
-                step_index = excluded.step_index, phase = excluded.phase, \
-                attempt = excluded.attempt, due_at = excluded.due_at), \
-         moved AS (UPDATE sagas s SET state = u.state::saga_state, context = u.context, \
+    let (moved, created): (Vec<Uuid>, Vec<Uuid>) = sqlx::query_as(
+        "WITH moved AS (UPDATE sagas s SET state = u.state::saga_state, context = u.context, \
                 stop_reason = u.stop, version = s.version + 1, updated_at = u.updated_at, \
                 search_keys = u.keys \
              FROM UNNEST($9::uuid[], $10::text[], $11::jsonb[], $12::text[], $13::int8[], \
                          $14::timestamptz[], $38::jsonb[]) \
                  AS u(id, state, context, stop, version, updated_at, keys) \
              WHERE s.id = u.id AND s.version = u.version RETURNING s.id), \
+         created AS (INSERT INTO sagas (id, saga_type, definition_version, state, input, \
+                context, idempotency_key, request_hash, created_at, updated_at, trace_id, \
+                trace_root_span, search_keys) \
+             SELECT id, saga_type, def, state::saga_state, input, context, $60, $61, at, at, \
+                    trace_id, root_span, keys \
+             FROM UNNEST($50::uuid[], $51::text[], $52::int4[], $53::text[], $54::jsonb[], \
+                         $55::jsonb[], $56::timestamptz[], $57::text[], $58::text[], \
+                         $59::jsonb[]) \
+                 AS n(id, saga_type, def, state, input, context, at, trace_id, root_span, keys) \
+             ON CONFLICT (idempotency_key) DO NOTHING RETURNING id), \
+         live AS (SELECT id FROM moved UNION ALL SELECT id FROM created), \
+         cleared AS (DELETE FROM timers WHERE saga_id = ANY($1::uuid[]) \
+             AND saga_id IN (SELECT id FROM live)), \
+         armed AS (INSERT INTO timers (saga_id, slot, kind, step_index, phase, attempt, due_at) \
+             SELECT id, slot, kind, step, phase, attempt, now() + make_interval(secs => wait) \
+             FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int2[], $6::text[], $7::int4[], \
+                         $8::float8[]) AS t(id, slot, kind, step, phase, attempt, wait) \
+             WHERE t.id IN (SELECT id FROM live) \
+             ON CONFLICT (saga_id, slot) DO UPDATE SET kind = excluded.kind, \
+                step_index = excluded.step_index, phase = excluded.phase, \
+                attempt = excluded.attempt, due_at = excluded.due_at), \
          steps AS (INSERT INTO saga_steps (saga_id, step_index, name, state, attempts, \
                 started_at, finished_at, last_error, retry_base) \
              SELECT * FROM UNNEST($15::uuid[], $16::int2[], $17::text[], $18::text[], $19::int4[], \
                                   $20::timestamptz[], $21::timestamptz[], $22::text[], $23::int4[]) \
+                 AS x(saga_id, step_index, name, state, attempts, started_at, finished_at, \
+                      last_error, retry_base) \
+             WHERE x.saga_id IN (SELECT id FROM live) \
              ON CONFLICT (saga_id, step_index) DO UPDATE SET state = excluded.state, \
                 attempts = excluded.attempts, started_at = excluded.started_at, \
                 finished_at = excluded.finished_at, last_error = excluded.last_error, \
@@ -806,12 +860,18 @@ async fn write(conn: &mut PgConnection, changes: &[Change]) -> Result<usize, Sto
              SELECT * FROM UNNEST($24::uuid[], $25::int2[], $26::text[], $27::text[], $28::int4[], \
                                   $29::timestamptz[], $30::timestamptz[], $31::text[], $32::int4[], \
                                   $33::int4[]) \
+                 AS x(saga_id, step_index, name, state, attempts, started_at, finished_at, \
+                      last_error, run_order, retry_base) \
+             WHERE x.saga_id IN (SELECT id FROM live) \
              ON CONFLICT (saga_id, step_index) DO UPDATE SET state = excluded.state, \
                 attempts = excluded.attempts, started_at = excluded.started_at, \
                 finished_at = excluded.finished_at, last_error = excluded.last_error, \
                 run_order = excluded.run_order, retry_base = excluded.retry_base), \
          queued AS (INSERT INTO outbox (id, subject, headers, payload) \
-             SELECT * FROM UNNEST($34::uuid[], $35::text[], $36::jsonb[], $37::bytea[])), \
+             SELECT id, subject, headers, payload \
+             FROM UNNEST($34::uuid[], $35::text[], $36::jsonb[], $37::bytea[], $62::uuid[]) \
+                 AS o(id, subject, headers, payload, saga_id) \
+             WHERE o.saga_id IN (SELECT id FROM live)), \
          logged AS (INSERT INTO saga_history (saga_id, at, kind, step, phase, attempt, outcome, \
                 error, actor, action, input) \
              SELECT saga_id, at, kind, step, phase, attempt, outcome, error, actor, action, input \
@@ -820,8 +880,9 @@ async fn write(conn: &mut PgConnection, changes: &[Change]) -> Result<usize, Sto
                          $49::jsonb[]) \
                   WITH ORDINALITY AS h(saga_id, at, kind, step, phase, attempt, outcome, error, \
                                        actor, action, input, n) \
+             WHERE h.saga_id IN (SELECT id FROM live) \
              ORDER BY n) \
-         SELECT count(*) FROM moved",
+         SELECT ARRAY(SELECT id FROM moved), ARRAY(SELECT id FROM created)",
     )
     .bind(&b.cleared)
     .bind(&b.timer_saga)
@@ -872,7 +933,20 @@ async fn write(conn: &mut PgConnection, changes: &[Change]) -> Result<usize, Sto
     .bind(&b.history.actor)
     .bind(&b.history.action)
     .bind(&b.history.input)
+    .bind(&b.created.id)
+    .bind(&b.created.saga_type)
+    .bind(&b.created.definition_version)
+    .bind(&b.created.state)
+    .bind(&b.created.input)
+    .bind(&b.created.context)
+    .bind(&b.created.created_at)
+    .bind(&b.created.trace_id)
+    .bind(&b.created.trace_root_span)
+    .bind(&b.created.keys)
+    .bind(idempotency.map(|(k, _)| k))
+    .bind(idempotency.map(|(_, h)| h))
+    .bind(&b.outbox_saga)
     .fetch_one(conn)
     .await?;
-    Ok(usize::try_from(written).unwrap_or(0))
+    Ok(Written { moved, created })
 }
