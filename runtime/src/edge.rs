@@ -327,9 +327,21 @@ async fn page_policy(request: Request, next: Next) -> Response {
 }
 
 /// Every error answer as problem+json: an error a layer or the framework answers with a plain
-/// or empty body (405, 413, 415, ...) gets the problem document of its status.
+/// or empty body (405, 413, 415, ...) gets the problem document of its status. A `413` says
+/// `Connection: close`: its body was not read, so the server closes the connection after the
+/// answer, and a client that kept it for its next request would see that request fail.
 async fn problems(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+    let mut response = problem_of(next.run(request).await);
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// `response` as a problem document, if it is an error answer that is not one yet.
+fn problem_of(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;

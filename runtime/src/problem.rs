@@ -162,29 +162,26 @@ where
     }
 }
 
-/// Writes every number of `value` that is a whole number in 64-bit range as an integer: JSON
-/// does not tell `67.0` from `67` (nor does JSON Schema's `integer`), so an integer field takes
-/// either.
+/// The largest magnitude below which every whole number is exactly a 64-bit float (2^53).
+const EXACT_FLOAT_INTEGERS: f64 = 9_007_199_254_740_992.0;
+
+/// Writes every number of `value` that is a whole number of at most 2^53 in magnitude as an
+/// integer: JSON does not tell `67.0` from `67` (nor does JSON Schema's `integer`), so an integer
+/// field takes either. Past 2^53 a number not written as an integer (`1e300`, or an integer out
+/// of 64-bit range such as `-9223372036854775809`) was rounded when it was read, so it stays a
+/// float and an integer field refuses it, rather than taking the neighbour it was rounded to.
 fn integral(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Number(number) if !number.is_i64() && !number.is_u64() => {
             let Some(float) = number.as_f64() else {
                 return;
             };
-            if float.fract() != 0.0 {
-                return;
-            }
-            if (-(2f64.powi(63))..2f64.powi(63)).contains(&float) {
-                #[allow(clippy::cast_possible_truncation, reason = "a whole number in range")]
-                let whole = float as i64;
-                *value = serde_json::Value::from(whole);
-            } else if (0.0..2f64.powi(64)).contains(&float) {
+            if float.fract() == 0.0 && float.abs() <= EXACT_FLOAT_INTEGERS {
                 #[allow(
                     clippy::cast_possible_truncation,
-                    clippy::cast_sign_loss,
-                    reason = "a whole, non-negative number in range"
+                    reason = "a whole number of at most 2^53 in magnitude"
                 )]
-                let whole = float as u64;
+                let whole = float as i64;
                 *value = serde_json::Value::from(whole);
             }
         }
@@ -282,5 +279,35 @@ mod tests {
             json!({"a": 67, "b": [1.5, -3, 0], "c": {"d": 2000}, "e": 1e300, "f": "7.0"})
         );
         assert!(value["a"].is_i64());
+    }
+
+    #[test]
+    fn integers_out_of_range_are_not_rounded_into_it() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Chat {
+            #[allow(dead_code, reason = "only whether it parses matters")]
+            chat_id: i64,
+        }
+        let parse = |text: &str| {
+            let mut value: serde_json::Value = serde_json::from_str(text).expect("json");
+            integral(&mut value);
+            serde_json::from_value::<Chat>(value)
+        };
+        for refused in [
+            r#"{"chat_id": -9223372036854775809}"#,
+            r#"{"chat_id": 9223372036854775808}"#,
+            r#"{"chat_id": 1e19}"#,
+            r#"{"chat_id": 9007199254740994.0}"#,
+        ] {
+            assert!(parse(refused).is_err(), "{refused}");
+        }
+        for taken in [
+            r#"{"chat_id": -9223372036854775808}"#,
+            r#"{"chat_id": 9223372036854775807}"#,
+            r#"{"chat_id": 9007199254740992.0}"#,
+            r#"{"chat_id": -5e3}"#,
+        ] {
+            assert!(parse(taken).is_ok(), "{taken}");
+        }
     }
 }

@@ -1,15 +1,24 @@
-//! API tokens with scopes, through the real platform: every route of the served OpenAPI
-//! document answers 401 without a token or with an unknown one, and 403 with a token that lacks
-//! its scope, each as problem+json; the saga page sends a browser to its login form, and a token
-//! with the read scope logs in with an HttpOnly, SameSite=Strict cookie.
+//! API tokens with scopes, through the real platform: every protected route of the served
+//! OpenAPI document answers 401 without a token or with an unknown one, and 403 with a token that
+//! lacks its scope, each as problem+json, and the scopes the document gives each operation are
+//! the ones the platform lets through; the saga page sends a browser to its login form, and a
+//! token with the read scope logs in with an HttpOnly, SameSite=Strict cookie.
 
 use reqwest::Method;
 use runtime::auth::{Needed, Scope};
 use saga_tests::TestPlatform;
 use serde_json::Value;
 
-/// Every (method, path) of the OpenAPI document, with its path parameters filled in.
-fn routes(openapi: &Value) -> Vec<(Method, String)> {
+/// One operation of the OpenAPI document, with its path parameters filled in.
+struct Route {
+    method: Method,
+    path: String,
+    /// The scopes its `security` requirements name (empty for a public operation).
+    scopes: Vec<String>,
+}
+
+/// Every operation of the OpenAPI document.
+fn routes(openapi: &Value) -> Vec<Route> {
     let mut routes = Vec::new();
     for (path, item) in openapi["paths"].as_object().into_iter().flatten() {
         let concrete = path
@@ -21,9 +30,21 @@ fn routes(openapi: &Value) -> Vec<(Method, String)> {
             })
             .collect::<Vec<_>>()
             .join("/");
-        for method in item.as_object().into_iter().flatten().map(|(m, _)| m) {
+        for (method, operation) in item.as_object().into_iter().flatten() {
             if let Ok(method) = method.to_ascii_uppercase().parse::<Method>() {
-                routes.push((method, concrete.clone()));
+                let scopes = operation["security"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|requirement| requirement["bearer"].as_array().cloned())
+                    .flatten()
+                    .filter_map(|scope| scope.as_str().map(str::to_owned))
+                    .collect();
+                routes.push(Route {
+                    method,
+                    path: concrete.clone(),
+                    scopes,
+                });
             }
         }
     }
@@ -34,12 +55,19 @@ fn routes(openapi: &Value) -> Vec<(Method, String)> {
 async fn every_route_needs_a_token_with_its_scope() -> anyhow::Result<()> {
     let p = TestPlatform::start().await?;
     let openapi = p.get("/openapi.json").await?;
-    let mut routes = routes(&openapi);
-    routes.extend([
-        (Method::GET, "/metrics".to_owned()),
-        (Method::GET, "/openapi.json".to_owned()),
-    ]);
-    assert!(routes.len() > 20, "{routes:?}");
+    let (public, routes): (Vec<Route>, Vec<Route>) = routes(&openapi)
+        .into_iter()
+        .partition(|r| r.scopes.is_empty());
+    let mut public: Vec<String> = public.into_iter().map(|r| r.path).collect();
+    public.sort();
+    assert_eq!(public, ["/healthz", "/readyz"], "the public operations");
+    for documented in ["/metrics", "/openapi.json"] {
+        assert!(
+            routes.iter().any(|r| r.path == documented),
+            "{documented} is in the document"
+        );
+    }
+    assert!(routes.len() > 20, "{}", routes.len());
     let tokens = &p.tokens;
     let holders = [
         (Scope::Game, tokens.game.as_str()),
@@ -47,7 +75,12 @@ async fn every_route_needs_a_token_with_its_scope() -> anyhow::Result<()> {
         (Scope::Operate, tokens.operator.as_str()),
         (Scope::Notify, tokens.notify.as_str()),
     ];
-    for (method, path) in &routes {
+    for Route {
+        method,
+        path,
+        scopes,
+    } in &routes
+    {
         for token in [None, Some("not-a-token")] {
             let (status, headers, problem) = p.call_as(token, method.clone(), path, None).await?;
             assert_eq!(status, 401, "{method} {path} with {token:?}: {problem}");
@@ -68,6 +101,12 @@ async fn every_route_needs_a_token_with_its_scope() -> anyhow::Result<()> {
                 Needed::Scope(needed) => needed == scope,
                 Needed::GameOrRead => matches!(scope, Scope::Game | Scope::Read | Scope::Operate),
             };
+            assert_eq!(
+                scopes.iter().any(|s| s == scope.as_str()),
+                allowed,
+                "{method} {path}: the document's scopes {scopes:?} and the {} token",
+                scope.as_str()
+            );
             if allowed {
                 continue;
             }
@@ -79,6 +118,10 @@ async fn every_route_needs_a_token_with_its_scope() -> anyhow::Result<()> {
                 scope.as_str()
             );
         }
+        assert!(
+            scopes.iter().any(|s| s == "admin"),
+            "{method} {path}: admin may do everything"
+        );
     }
     for path in ["/healthz", "/readyz"] {
         let (status, _, _) = p.call_as(None, Method::GET, path, None).await?;

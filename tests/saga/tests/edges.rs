@@ -49,6 +49,9 @@ async fn bad_requests_get_the_right_problem() -> anyhow::Result<()> {
         &response.json().await?,
         (413, "payload_too_large"),
     );
+    // Its body was not read: the connection is closed, and the answer says so, so that the
+    // client does not send its next request on it.
+    assert_eq!(headers["connection"], "close");
 
     let (status, headers, body) = p
         .call(
