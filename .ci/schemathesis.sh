@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # schemathesis (PyPI, pinned in .ci/schemathesis-requirements.txt, installed into a venv under
-# .run/) against the OpenAPI document a running platform serves, with an admin token, every
-# check, and 0 failures allowed.
+# ~/.cache/saga-platform/ or $SCHEMATHESIS_VENV) against the OpenAPI document a running platform
+# serves, with an admin token, every check, and 0 failures allowed.
 #
 #   bash .ci/schemathesis.sh [extra schemathesis run options]
 #
@@ -10,9 +10,10 @@
 # on the local nats-server, the Telegram stand-in and one admin API token made for the run, runs
 # schemathesis against http://127.0.0.1:<port>/openapi.json, then stops the platform by its PID
 # and drops the database. Needs PostgreSQL on 127.0.0.1:5432 and nats-server -js on
-# 127.0.0.1:4222 (`./dev.sh services`). SCHEMATHESIS_MAX_EXAMPLES (default 25) bounds the test
-# cases per operation and phase; the platform's log and schemathesis' reports stay in
-# .run/schemathesis/.
+# 127.0.0.1:4222 (`./dev.sh services`). SCHEMATHESIS_MAX_EXAMPLES (default 100: about 2 minutes
+# here, besides the build) bounds the test cases per operation and phase; SCHEMATHESIS_SEED
+# (default random, printed at the end) fixes the generated requests. The platform's log and
+# schemathesis' reports stay in .run/schemathesis/.
 set -euo pipefail
 export PYTHONDONTWRITEBYTECODE=1
 cd "$(dirname "$0")/.."
@@ -22,7 +23,8 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # --- tools ---------------------------------------------------------------------------------------
 REQUIREMENTS=.ci/schemathesis-requirements.txt
-VENV=${SCHEMATHESIS_VENV:-$ROOT/.run/schemathesis-venv}
+# Outside the checkout, so that CI (a fresh clone each run) installs it once per machine.
+VENV=${SCHEMATHESIS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/saga-platform/schemathesis-venv}
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV"
@@ -101,7 +103,7 @@ curl -fsS -H "Authorization: Bearer $TOKEN" "$BASE/openapi.json" >"$OUT/openapi.
 "$VENV/bin/schemathesis" --config-file .ci/schemathesis.toml run "$BASE/openapi.json" \
   --checks all \
   --header "Authorization: Bearer $TOKEN" \
-  --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-25}" \
+  --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-100}" \
   --workers 2 \
   --request-timeout 90 \
   --seed "${SCHEMATHESIS_SEED:-$RANDOM}" \
