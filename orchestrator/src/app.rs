@@ -56,6 +56,12 @@ pub struct Config {
     /// How often messages on subjects no consumer serves are looked for and parked, in
     /// seconds (`SAGA_STRAY_SWEEP_SECS`).
     pub stray_sweep_secs: u64,
+    /// How long a finished saga (completed, compensated, cancelled) is kept, with its steps
+    /// and history, in seconds after its last change; 0 keeps every saga
+    /// (`SAGA_RETAIN_FINISHED_SECS`, default 30 days). Failed sagas are always kept.
+    pub retain_finished_secs: u64,
+    /// How often the retention sweep runs, in seconds (`SAGA_RETENTION_SWEEP_SECS`).
+    pub retention_sweep_secs: u64,
 }
 
 impl Default for Config {
@@ -70,6 +76,8 @@ impl Default for Config {
             timer_interval_ms: 100,
             trace_url_template: "http://127.0.0.1:16686/trace/{trace_id}".into(),
             stray_sweep_secs: 30,
+            retain_finished_secs: 30 * 24 * 3600,
+            retention_sweep_secs: 60,
         }
     }
 }
@@ -254,6 +262,15 @@ impl Orchestrator {
                 .run_relay(stop, Duration::from_millis(500), Duration::from_secs(2))
                 .await;
         });
+        if self.config.retain_finished_secs > 0 {
+            tasks.spawn(crate::retention::run(
+                self.engine.store().pool().clone(),
+                Duration::from_secs(self.config.retain_finished_secs),
+                Duration::from_secs(self.config.retention_sweep_secs.max(1)),
+                1000,
+                shutdown.clone(),
+            ));
+        }
         tasks.spawn(crate::strays::run(
             self.js.clone(),
             self.topology.clone(),

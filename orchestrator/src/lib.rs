@@ -10,6 +10,7 @@ pub mod engine;
 pub mod history;
 pub mod machine;
 pub mod observe;
+pub mod retention;
 pub mod store;
 pub mod strays;
 pub mod ui;
