@@ -303,7 +303,19 @@ async fn a_bulk_command_is_bounded_per_call() -> anyhow::Result<()> {
     let p = TestPlatform::start_with(settings).await?;
     for _ in 0..3 {
         let (_, _, mission) = p.customer_with_mission(5).await?;
-        p.start_saga(mission["id"].as_str().expect("id")).await?;
+        let id = p.start_saga(mission["id"].as_str().expect("id")).await?;
+        // Past its first step, waiting for the reward step nobody answers: cancelled, it stays
+        // `running` until that step answers. (Cancelled before the mission step answered, it
+        // would compensate at once and match no more.)
+        wait_for(WAIT, "the reward step in flight", || async {
+            let saga = p.get(&format!("/v1/sagas/{id}")).await?;
+            let steps = saga["steps"].as_array().cloned().unwrap_or_default();
+            let reward_sent = steps
+                .iter()
+                .any(|s| s["name"] == "reward.grant" && s["state"] == "running");
+            Ok(reward_sent.then_some(()))
+        })
+        .await?;
     }
     let (status, _, first) = p
         .call(Method::POST, "/v1/sagas/cancel", Some(json!({"limit": 2})))
