@@ -577,7 +577,7 @@ async fn notify_sends_refuses_or_queues_and_the_breaker_fails_fast_then_closes()
                 idempotency_key: format!("gift:{saga}"),
                 customer_id: "player-1".parse().expect("a customer"),
                 text: "🎁 Your gift \"Dragon mug\" is on its way! Your voucher code: QUEU-EDQU-EUED-0000".into(),
-                saga_id: None,
+                saga_id: Some(saga),
             })
         );
     }

@@ -480,7 +480,7 @@ mod tests {
             Some(TOKEN)
         );
         assert_eq!(settings.telegram_api_base, "https://api.telegram.org");
-        assert_eq!(settings.telegram_timeout_ms, 5000);
+        assert_eq!(settings.telegram_timeout_ms, 3000);
         assert!(
             BotClient::new(&TelegramSettings {
                 telegram_api_base: "not a url".into(),
