@@ -432,7 +432,14 @@ pub(super) async fn load(
             row_columns!(),
             " FROM mypage_rows WHERE generation = "
         ));
-        q.push_bind(generation).push(" AND item_id IN (");
+        // Every column of the primary key (generation, kind, item_id) bound: the lookups are
+        // index point reads, not a range over the whole generation.
+        q.push_bind(generation).push(" AND kind IN (");
+        let mut kinds = q.separated(", ");
+        for kind in keys.iter().map(|k| k.kind.as_str()).collect::<BTreeSet<_>>() {
+            kinds.push_bind(kind);
+        }
+        q.push(") AND item_id IN (");
         let mut ids = q.separated(", ");
         for key in keys {
             ids.push_bind(key.item_id.to_string());

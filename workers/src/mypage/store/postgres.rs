@@ -335,13 +335,18 @@ pub(super) async fn load(
     if !keys.is_empty() {
         let wanted: BTreeSet<&RowKey> = keys.iter().collect();
         let ids: Vec<Uuid> = keys.iter().map(|k| k.item_id).collect();
+        // Every column of the primary key (generation, kind, item_id) bound: the lookups are
+        // index point reads, not a range over the whole generation.
+        let kinds: BTreeSet<&str> = keys.iter().map(|k| k.kind.as_str()).collect();
+        let kinds: Vec<&str> = kinds.into_iter().collect();
         for row in sqlx::query(concat!(
             "SELECT ",
             row_columns!(),
-            " FROM mypage_rows WHERE generation = $1 AND item_id = ANY($2)"
+            " FROM mypage_rows WHERE generation = $1 AND kind = ANY($3) AND item_id = ANY($2)"
         ))
         .bind(generation)
         .bind(&ids)
+        .bind(&kinds)
         .fetch_all(&mut **tx)
         .await?
         {
