@@ -4,7 +4,7 @@
 #                      start the whole platform in the background; prints where it listens
 #   ./dev.sh test      make sure PostgreSQL and NATS run, then run the whole test suite
 #   ./dev.sh down      stop the platform started by `up`
-#   ./dev.sh bench [N] [C]   run the benchmark against the running platform
+#   ./dev.sh bench [N] [C] [--vs-restate]   the benchmark against the running platform (and the Restate peer)
 #   ./dev.sh demo breaker [...]  the seed's circuit-breaking demonstration (siege, against `up`)
 #   ./dev.sh demo cluster [...]  3-node JetStream cluster, a node SIGKILLed mid-load: lost=0 duplicates=0
 #   ./dev.sh demo zero-downtime [...]  rolling restart behind nginx under siege -c2: availability=100.00%
@@ -166,6 +166,7 @@ up() {
   services
   ensure_platform_nats
   ensure_tokens
+  ensure_autovacuum
   say "building the platform (release)"
   cargo build --release --quiet -p saga-platform -p sagactl --bin saga-platform --bin saga-bench \
     --bin saga-demo --bin sagactl
@@ -260,14 +261,64 @@ screenshot() {
     --token "$(token_of reader)" --path "${1:-/ui}" --out "$RUN_DIR/saga-page.png"
 }
 
+# The platform rewrites its saga, timer, inbox and outbox rows at every step: it needs
+# PostgreSQL's autovacuum (on by default; some CI configurations turn it off). Without it dead
+# rows pile up and every step slows down.
+ensure_autovacuum() {
+  if [ "$(psql "$ADMIN_URL" -Atqc 'SHOW autovacuum' 2>/dev/null)" = off ]; then
+    say "turning PostgreSQL's autovacuum on (the local configuration turned it off)"
+    psql "$ADMIN_URL" -qc 'ALTER SYSTEM SET autovacuum = on' -c 'SELECT pg_reload_conf()' >/dev/null 2>&1 \
+      || say "PostgreSQL refused (not a superuser): run it with autovacuum = on"
+  fi
+}
+
+# PostgreSQL's statement statistics (pg_stat_statements), which the benchmark reads: loaded
+# once into the local server (a restart of PostgreSQL), where the admin role may.
+ensure_statement_stats() {
+  local loaded
+  loaded=$(psql "$ADMIN_URL" -Atqc 'SHOW shared_preload_libraries' 2>/dev/null || true)
+  case "$loaded" in
+    *pg_stat_statements*) ;;
+    *)
+      say "loading pg_stat_statements into PostgreSQL (restarts it once)"
+      if psql "$ADMIN_URL" -qc "ALTER SYSTEM SET shared_preload_libraries = '${loaded:+$loaded,}pg_stat_statements'" >/dev/null 2>&1; then
+        as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main restart
+        for _ in $(seq 1 50); do psql "$ADMIN_URL" -Atqc 'select 1' >/dev/null 2>&1 && break; sleep 0.2; done
+      else
+        say "PostgreSQL refused (not a superuser): the benchmark prints no statements per saga"
+      fi ;;
+  esac
+  psql "$ADMIN_URL" -qc 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' >/dev/null 2>&1 || true
+}
+
+# ./dev.sh bench [N] [C] [--vs-restate]: warm-up, N sagas at concurrency C, then 200 one at a
+# time; with --vs-restate the Restate peer (../shared/peers/restate/run.sh) after it, same sizes.
 bench() {
   ensure_toolchain
+  ensure_postgres
+  local sizes=() extra=()
+  for arg in "$@"; do
+    case "$arg" in
+      --vs-restate)
+        local peer="${SAGA_RESTATE_PEER:-$PWD/../shared/peers/restate/run.sh}"
+        [ -f "$peer" ] || { echo "the Restate peer is not at $peer (set SAGA_RESTATE_PEER)" >&2; exit 1; }
+        command -v node >/dev/null || apt_install nodejs npm
+        extra+=(--vs-restate "$peer") ;;
+      *) sizes+=("$arg") ;;
+    esac
+  done
+  [ -f "$RUN_DIR/platform.pid" ] && kill -0 "$(cat "$RUN_DIR/platform.pid")" 2>/dev/null \
+    || { echo "the platform is not running: ./dev.sh up first" >&2; exit 1; }
+  ensure_statement_stats
+  # A restart of PostgreSQL above: wait until the platform answers again.
+  for _ in $(seq 1 100); do
+    curl -fsS "http://${SAGA_GATEWAY_ADDR:-127.0.0.1:8080}/readyz" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
   cargo build --release --quiet -p saga-platform --bin saga-bench
-  [ -s "$NATS_PASSWORDS" ] && { set -a; . "$NATS_PASSWORDS"; set +a; }
-  SAGA_NATS_URL="nats://127.0.0.1:$PLATFORM_NATS_PORT" SAGA_NATS_USER=observer \
-    SAGA_NATS_PASSWORD="${NATS_OBSERVER_PASSWORD:-}" \
-    target/release/saga-bench --base-url "http://${SAGA_GATEWAY_ADDR:-127.0.0.1:8080}" \
-    --token "$(token_of admin)" --sagas "${1:-2000}" --concurrency "${2:-50}"
+  target/release/saga-bench --base-url "http://${SAGA_GATEWAY_ADDR:-127.0.0.1:8080}" \
+    --token "$(token_of admin)" --sagas "${sizes[0]:-2000}" --concurrency "${sizes[1]:-50}" \
+    --admin-url "$ADMIN_URL" --nats-pid-file "$RUN_DIR/nats-platform.pid" "${extra[@]}"
 }
 
 demo() {
