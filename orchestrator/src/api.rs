@@ -56,7 +56,14 @@ pub struct ApiState {
 /// The API's routes and their OpenAPI description, which lists the registry's search keys as
 /// query parameters of `GET /v1/sagas` and as fields of the bulk filter.
 pub fn router(state: ApiState) -> OpenApiRouter {
-    let mut router = OpenApiRouter::new()
+    let document = doc::document(
+        "Saga orchestrator",
+        "Sagas: start one, read, list and follow them, cancel and retry them one by one or in \
+         bulk; the saga definitions; the dead letters. The saga page (`/ui`, with its login at \
+         `/ui/login`) and Swagger UI over this document (`/docs`) are pages for people, not \
+         part of this API.",
+    );
+    let mut router = OpenApiRouter::with_openapi(document)
         .routes(routes!(start_saga, list_sagas))
         .routes(routes!(get_saga))
         .routes(routes!(crate::watch::saga_events))

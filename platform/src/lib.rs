@@ -255,7 +255,14 @@ impl Platform {
             router = router.merge(routes);
             openapi.merge(doc);
         }
-        openapi.info.title = "Reward saga platform".into();
+        openapi.info = runtime::openapi::document(
+            "Reward saga platform",
+            "Every service of the platform behind one address: the orchestrator (sagas, \
+             definitions, dead letters) and the mission, reward, wallet, gift, telegram and \
+             Mypage services. The saga page (`/ui`, with its login at `/ui/login`) and Swagger \
+             UI over this document (`/docs`) are pages for people, not part of this API.",
+        )
+        .info;
         let edge = Edge::new(settings.edge.clone(), settings.tokens.clone());
         let router = router
             .merge(runtime::auth::login_routes(edge.tokens()))

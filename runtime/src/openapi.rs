@@ -18,11 +18,12 @@ use axum::http::Method;
 use utoipa::PartialSchema as _;
 use utoipa::openapi::content::Content;
 use utoipa::openapi::header::Header;
+use utoipa::openapi::info::{InfoBuilder, LicenseBuilder};
 use utoipa::openapi::path::{HttpMethod, Operation, OperationBuilder, ParameterIn, PathItem};
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ComponentsBuilder, KnownFormat, OpenApi, Ref, RefOr};
+use utoipa::openapi::{ComponentsBuilder, KnownFormat, OpenApi, OpenApiBuilder, Ref, RefOr};
 
 use crate::auth::{Caller, Needed, Scope};
 use crate::problem::Problem;
@@ -38,6 +39,24 @@ pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,255}$";
 
 /// The media type of every error answer.
 pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An empty document of one of our services: its `title` and `description`, the workspace's
+/// version and license. Every service's router starts from one
+/// (`OpenApiRouter::with_openapi`), so that no document shows what `OpenApiRouter::new()`
+/// would: utoipa-axum's own name, version, author and license.
+pub fn document(title: &str, description: &str) -> OpenApi {
+    let license = LicenseBuilder::new()
+        .name(env!("CARGO_PKG_LICENSE"))
+        .identifier(Some(env!("CARGO_PKG_LICENSE")))
+        .build();
+    let info = InfoBuilder::new()
+        .title(title)
+        .version(env!("CARGO_PKG_VERSION"))
+        .description(Some(description))
+        .license(Some(license))
+        .build();
+    OpenApiBuilder::new().info(info).build()
+}
 
 /// A customer id, as a schema.
 pub fn customer_id() -> Schema {
@@ -92,7 +111,7 @@ pub fn complete(openapi: &mut OpenApi) {
         is answered `405` (`method_not_allowed`, with `Allow`), an unknown path `404` \
         (`route_not_found`). No text anywhere may hold a NUL character (U+0000): a query that \
         holds one is refused with `400` (`invalid_query`), a body with `422` (`invalid_body`). \
-        A JSON body must be one JSON object. Every route but `/healthz` and `/readyz` needs \
+        A JSON body must be one JSON object. Every operation but `/healthz` and `/readyz` needs \
         `Authorization: Bearer <token>`; the scopes each operation accepts are its `security` \
         requirements (any one of them is enough).";
     let description = match openapi.info.description.take() {
@@ -342,8 +361,9 @@ fn json_response(description: &str, schema: Schema) -> Response {
 /// `/healthz`, `/readyz`, `/openapi.json` and `/metrics`, which every service serves
 /// ([`crate::http::health_routes`], [`crate::http::openapi_route`], [`crate::metrics::route`]).
 fn common_routes(openapi: &mut OpenApi) {
-    let get = |summary: &str, responses: Vec<(&str, Response)>| {
+    let get = |id: &str, summary: &str, responses: Vec<(&str, Response)>| {
         let mut operation = OperationBuilder::new()
+            .operation_id(Some(id))
             .summary(Some(summary))
             .tag("platform");
         for (status, response) in responses {
@@ -355,6 +375,7 @@ fn common_routes(openapi: &mut OpenApi) {
         (
             "/healthz",
             get(
+                "liveness",
                 "Liveness: the process answers",
                 vec![("200", json_response("Alive", status_schema(false)))],
             ),
@@ -362,6 +383,7 @@ fn common_routes(openapi: &mut OpenApi) {
         (
             "/readyz",
             get(
+                "readiness",
                 "Readiness: the database and JetStream answer, and the process is not shutting down",
                 vec![
                     ("200", json_response("Ready", status_schema(false))),
@@ -372,6 +394,7 @@ fn common_routes(openapi: &mut OpenApi) {
         (
             "/openapi.json",
             get(
+                "openapi_document",
                 "This document",
                 vec![(
                     "200",
@@ -385,6 +408,7 @@ fn common_routes(openapi: &mut OpenApi) {
         (
             "/metrics",
             get(
+                "metrics",
                 "Prometheus metrics",
                 vec![(
                     "200",
@@ -551,6 +575,24 @@ mod tests {
             doc["paths"]["/v1/sagas"]["post"]["responses"]["429"]["headers"]
                 .get("Retry-After")
                 .is_some()
+        );
+    }
+
+    #[test]
+    fn a_service_document_names_the_service_and_our_license() {
+        let mut openapi = super::document("Mission service", "Missions.");
+        complete(&mut openapi);
+        let doc = serde_json::to_value(&openapi).expect("json");
+        assert_eq!(doc["info"]["title"], "Mission service");
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(doc["info"]["license"]["identifier"], "Apache-2.0");
+        assert!(doc["info"].get("contact").is_none(), "{}", doc["info"]);
+        assert!(
+            doc["info"]["description"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("Missions.\n\nEvery error answer")),
+            "{}",
+            doc["info"]
         );
     }
 

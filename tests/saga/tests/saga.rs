@@ -711,6 +711,21 @@ async fn health_readiness_and_the_openapi_document_answer() -> anyhow::Result<()
         "{}",
         doc["openapi"]
     );
+    // Its own name and license, not those of the library that built it.
+    assert_eq!(doc["info"]["title"], "Reward saga platform");
+    assert_eq!(doc["info"]["license"]["identifier"], "Apache-2.0");
+    assert!(doc["info"].get("contact").is_none(), "{}", doc["info"]);
+    // Every operation has an id of its own (what links and generated clients name it by).
+    let mut ids = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for (method, operation) in item.as_object().into_iter().flatten() {
+            let id = operation["operationId"].as_str().unwrap_or_default();
+            assert!(
+                !id.is_empty() && ids.insert(id.to_owned()),
+                "{method} {path}: operationId {id:?}"
+            );
+        }
+    }
     for path in [
         "/v1/sagas",
         "/v1/sagas/{id}",

@@ -65,7 +65,10 @@ impl GiftApi {
 
 /// The routes and their OpenAPI description.
 pub fn router(api: GiftApi) -> (axum::Router, utoipa::openapi::OpenApi) {
-    OpenApiRouter::new()
+    OpenApiRouter::with_openapi(runtime::openapi::document(
+        "Gift service",
+        "The gift catalogue (add, list, read, restock or reprice a gift) and exchanges, each of which starts a `gift_exchange` saga.",
+    ))
         .routes(routes!(create_gift, list_gifts))
         .routes(routes!(get_gift, update_gift))
         .routes(routes!(exchange_gift))

@@ -16,12 +16,15 @@ use super::store::{self, Mission};
 
 /// The routes and their OpenAPI description.
 pub fn router(pool: PgPool) -> (axum::Router, utoipa::openapi::OpenApi) {
-    OpenApiRouter::new()
-        .routes(routes!(create_mission))
-        .routes(routes!(get_mission))
-        .routes(routes!(hold_mission, release_mission))
-        .with_state(pool)
-        .split_for_parts()
+    OpenApiRouter::with_openapi(runtime::openapi::document(
+        "Mission service",
+        "Missions: create and read them, put them on moderation hold.",
+    ))
+    .routes(routes!(create_mission))
+    .routes(routes!(get_mission))
+    .routes(routes!(hold_mission, release_mission))
+    .with_state(pool)
+    .split_for_parts()
 }
 
 /// `POST /v1/missions` body.

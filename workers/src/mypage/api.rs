@@ -28,7 +28,10 @@ pub struct ApiState {
 
 /// The routes and their OpenAPI description.
 pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
-    let (router, mut openapi) = OpenApiRouter::new()
+    let (router, mut openapi) = OpenApiRouter::with_openapi(runtime::openapi::document(
+        "Mypage service",
+        "The Mypage view: a mission's row, lists by customer, reward or notification (newest first), and its rebuild.",
+    ))
         .routes(routes!(get_rebuild, start_rebuild))
         .routes(routes!(list_mypages))
         .routes(routes!(get_mypage))

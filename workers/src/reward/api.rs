@@ -14,11 +14,14 @@ use super::store::{self, Reward};
 
 /// The routes and their OpenAPI description.
 pub fn router(pool: PgPool) -> (axum::Router, utoipa::openapi::OpenApi) {
-    OpenApiRouter::new()
-        .routes(routes!(get_budget, set_budget))
-        .routes(routes!(get_reward))
-        .with_state(pool)
-        .split_for_parts()
+    OpenApiRouter::with_openapi(runtime::openapi::document(
+        "Reward service",
+        "The reward budget, and the rewards granted.",
+    ))
+    .routes(routes!(get_budget, set_budget))
+    .routes(routes!(get_reward))
+    .with_state(pool)
+    .split_for_parts()
 }
 
 /// The reward budget.

@@ -24,7 +24,10 @@ use super::text::{MAX_MESSAGE_LEN, utf16_len};
 
 /// The routes and their OpenAPI description.
 pub fn router(delivery: Delivery) -> (axum::Router, utoipa::openapi::OpenApi) {
-    OpenApiRouter::new()
+    OpenApiRouter::with_openapi(runtime::openapi::document(
+        "Telegram service",
+        "Customers' Telegram chats, the notifications sent, and messages sent on request (idempotent by `Idempotency-Key`).",
+    ))
         .routes(routes!(link_chat, get_chat))
         .routes(routes!(list_notifications))
         .routes(routes!(get_notification))

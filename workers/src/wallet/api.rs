@@ -16,12 +16,15 @@ use super::store::{self, Entry};
 
 /// The routes and their OpenAPI description.
 pub fn router(pool: PgPool) -> (axum::Router, utoipa::openapi::OpenApi) {
-    OpenApiRouter::new()
-        .routes(routes!(get_wallet))
-        .routes(routes!(freeze_wallet))
-        .routes(routes!(unfreeze_wallet))
-        .with_state(pool)
-        .split_for_parts()
+    OpenApiRouter::with_openapi(runtime::openapi::document(
+        "Wallet service",
+        "Wallets: read one with its ledger (newest first), freeze and unfreeze it.",
+    ))
+    .routes(routes!(get_wallet))
+    .routes(routes!(freeze_wallet))
+    .routes(routes!(unfreeze_wallet))
+    .with_state(pool)
+    .split_for_parts()
 }
 
 /// A wallet with a page of its ledger.
