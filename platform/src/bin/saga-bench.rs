@@ -1,131 +1,267 @@
-//! The benchmark: against a running platform, creates N missions (one customer and chat each),
-//! then runs N `mission_reward` sagas at concurrency C and prints completed sagas per second,
-//! the p50/p99 latency from `POST /v1/sagas` until the saga's `SagaFinished` event is seen on
-//! NATS, and the CPU time the platform, nats-server and PostgreSQL spent per saga (from
-//! `/proc`).
+//! The benchmark: against a running platform, three phases of `mission_reward` sagas (a warm-up
+//! at concurrency 10, a throughput phase of N sagas at concurrency C, a latency phase of N1 sagas
+//! one at a time), each saga started with `Prefer: wait=30` so that its latency is the time until
+//! the platform answers with the finished saga. Per measured phase it prints sagas per second,
+//! p50/p90/p99, the CPU time per saga of the platform, its nats-server, PostgreSQL (the
+//! backends of the platform's database and the server's background processes) and MariaDB
+//! (the Mypage view), and the PostgreSQL transactions and statements per saga.
+//!
+//! With `--vs-restate <run.sh>` it then runs the Restate peer (`../shared/peers/restate/run.sh`)
+//! with the same N, C, N1 and warm-up on the same PostgreSQL and prints one table side by side,
+//! with our ratio to Restate.
 
 #![allow(
     clippy::print_stdout,
-    reason = "the benchmark's figures are its output"
+    clippy::print_stderr,
+    clippy::cast_precision_loss,
+    reason = "the benchmark's figures are its output; counts are far below 2^52"
 )]
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use comfy_table::{Cell, CellAlignment, Table, presets};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use sqlx::postgres::PgPool;
 
 #[derive(Parser, Debug)]
 #[command(
-    about = "Runs N mission_reward sagas at concurrency C and prints throughput, latency and CPU per saga"
+    about = "Runs mission_reward sagas (warm-up, throughput at concurrency C, latency one at a time) and prints throughput, latency, CPU, transactions and statements per saga; --vs-restate runs the Restate peer the same way and prints both side by side"
 )]
 struct Args {
     /// The platform's gateway.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     base_url: String,
-    /// NATS, where `SagaFinished` events are observed.
-    #[arg(long, env = "SAGA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
-    /// The NATS user that watches the events (the read-only `observer` of
-    /// deploy/nats/nats-server.conf), when the server asks for one.
-    #[arg(long, env = "SAGA_NATS_USER")]
-    nats_user: Option<String>,
-    /// Its password.
-    #[arg(long, env = "SAGA_NATS_PASSWORD", hide_env_values = true)]
-    nats_password: Option<String>,
-    /// The platform's stream/subject prefix, if any.
-    #[arg(long, env = "SAGA_NATS_PREFIX", default_value = "")]
-    nats_prefix: String,
-    /// Sagas to run.
-    #[arg(long, short = 'n', default_value_t = 2000)]
-    sagas: usize,
-    /// Sagas in flight at once.
-    #[arg(long, short = 'c', default_value_t = 50)]
-    concurrency: usize,
     /// An API token with the admin scope (it sets the budget, then plays the game backend).
     #[arg(long, env = "SAGA_API_TOKEN", hide_env_values = true)]
     token: String,
+    /// Sagas of the throughput phase.
+    #[arg(long, short = 'n', default_value_t = 2000)]
+    sagas: usize,
+    /// Sagas in flight at once in the throughput phase.
+    #[arg(long, short = 'c', default_value_t = 50)]
+    concurrency: usize,
+    /// Sagas of the latency phase (one at a time).
+    #[arg(long, default_value_t = 200)]
+    latency_sagas: usize,
+    /// Sagas of the warm-up (concurrency 10, not measured).
+    #[arg(long, default_value_t = 200)]
+    warmup: usize,
+    /// PostgreSQL with the right to read its statistics (`pg_stat_activity` of every database).
+    #[arg(
+        long,
+        env = "SAGA_BENCH_ADMIN_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
+    admin_url: String,
+    /// The platform's database.
+    #[arg(long, default_value = "saga")]
+    database: String,
+    /// The file holding the PID of the platform's nats-server (else every nats-server counts).
+    #[arg(long)]
+    nats_pid_file: Option<PathBuf>,
+    /// The Restate peer's script: run it after ours with the same sizes and print both.
+    #[arg(long)]
+    vs_restate: Option<PathBuf>,
+    /// The machine counts as quiet below this share of busy CPU (percent) over 2 s.
+    #[arg(long, default_value_t = 25)]
+    quiet_busy: u64,
 }
 
-enum Finish {
-    Waiting(oneshot::Sender<(Instant, String)>),
-    Done(Instant, String),
+/// What one measured phase gave.
+#[derive(Debug, Default)]
+struct Phase {
+    ok: usize,
+    errors: usize,
+    sagas_per_s: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    /// CPU milliseconds per saga, by process group.
+    cpu: Vec<(String, f64)>,
+    transactions: Option<f64>,
+    statements: Option<f64>,
 }
 
-type Finishes = Arc<Mutex<HashMap<String, Finish>>>;
-
-fn record(finishes: &Finishes, id: String, at: Instant, state: String) {
-    let mut map = finishes.lock().expect("finish map poisoned");
-    match map.remove(&id) {
-        Some(Finish::Waiting(tx)) => {
-            let _ = tx.send((at, state));
-        }
-        _ => {
-            map.insert(id, Finish::Done(at, state));
-        }
+impl Phase {
+    fn cpu_total(&self) -> f64 {
+        self.cpu
+            .iter()
+            .filter(|(name, _)| name != "client")
+            .map(|(_, ms)| ms)
+            .sum()
     }
 }
 
-async fn await_finish(finishes: &Finishes, id: &str) -> anyhow::Result<(Instant, String)> {
-    let rx = {
-        let mut map = finishes.lock().expect("finish map poisoned");
-        match map.remove(id) {
-            Some(Finish::Done(at, state)) => return Ok((at, state)),
-            _ => {
-                let (tx, rx) = oneshot::channel();
-                map.insert(id.to_owned(), Finish::Waiting(tx));
-                rx
-            }
-        }
-    };
-    Ok(tokio::time::timeout(Duration::from_secs(120), rx)
-        .await
-        .context("saga did not finish within 120 s")??)
-}
-
-/// CPU seconds (user + system) of every process whose name is `name`.
-fn cpu_seconds(name: &str) -> f64 {
-    let ticks = 100.0;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
+/// One process's CPU time (user + system, all threads) in milliseconds.
+fn cpu_ms(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
-    let mut total = 0u64;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        if &stat[open + 1..close] != name {
-            continue;
-        }
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0);
-        let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-        total += utime + stime;
-    }
-    total as f64 / ticks
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 * 10.0
 }
 
-const PROCESSES: [(&str, &str); 4] = [
-    ("platform", "saga-platform"),
-    ("nats-server", "nats-server"),
-    ("postgres", "postgres"),
-    ("bench", "saga-bench"),
-];
+/// The PIDs of every process named `name`.
+fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .collect()
+}
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
+/// Busy and total jiffies of the machine.
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let get = |i: usize| cpu.get(i).copied().unwrap_or(0);
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6);
+    (busy, busy + get(3) + get(4))
+}
+
+/// Waits (at most 90 s) for a 2 s window with less than `limit` percent of the machine busy.
+async fn wait_quiet(limit: u64) {
+    let started = Instant::now();
+    loop {
+        let (busy0, total0) = machine_jiffies();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (busy1, total1) = machine_jiffies();
+        let busy = 100 * (busy1 - busy0) / (total1 - total0).max(1);
+        if busy < limit || started.elapsed() > Duration::from_secs(90) {
+            eprintln!(
+                "   quiet after {:.0} s (busy {busy}%)",
+                started.elapsed().as_secs_f64()
+            );
+            return;
+        }
     }
+}
+
+/// The processes whose CPU a phase counts, re-read at each snapshot (PostgreSQL backends come
+/// and go).
+struct Processes<'a> {
+    postgres: &'a PgPool,
+    database: &'a str,
+    nats: Vec<u32>,
+}
+
+impl Processes<'_> {
+    async fn postgres_pids(&self) -> anyhow::Result<Vec<u32>> {
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 \
+             OR backend_type NOT IN ('client backend', 'autovacuum worker', 'parallel worker')",
+        )
+        .bind(self.database)
+        .fetch_all(self.postgres)
+        .await?;
+        Ok(pids
+            .into_iter()
+            .filter_map(|p| u32::try_from(p).ok())
+            .collect())
+    }
+
+    async fn snapshot(&self) -> anyhow::Result<HashMap<(&'static str, u32), f64>> {
+        let mut groups: Vec<(&'static str, Vec<u32>)> = vec![
+            ("platform", pids_named("saga-platform")),
+            ("nats-server", self.nats.clone()),
+            ("postgres", self.postgres_pids().await?),
+            ("mariadb", pids_named("mariadbd")),
+            ("client", vec![std::process::id()]),
+        ];
+        let mut snapshot = HashMap::new();
+        for (group, pids) in groups.drain(..) {
+            for pid in pids {
+                snapshot.insert((group, pid), cpu_ms(pid));
+            }
+        }
+        Ok(snapshot)
+    }
+}
+
+/// CPU milliseconds per group between two snapshots (a process that left counts up to the
+/// first snapshot only; one that came counts from its start).
+fn cpu_between(
+    before: &HashMap<(&'static str, u32), f64>,
+    after: &HashMap<(&'static str, u32), f64>,
+) -> Vec<(String, f64)> {
+    ["platform", "nats-server", "postgres", "mariadb", "client"]
+        .into_iter()
+        .map(|group| {
+            let total: f64 = after
+                .iter()
+                .filter(|((g, _), _)| *g == group)
+                .map(|(key, now)| now - before.get(key).copied().unwrap_or(0.0))
+                .filter(|delta| *delta > 0.0)
+                .sum();
+            (group.to_owned(), total)
+        })
+        .collect()
+}
+
+/// Transactions and statements of the platform's database so far. PostgreSQL publishes a
+/// backend's transaction counts when it goes idle, at most once a second (and 10 s later for
+/// one that then stays idle), so callers read it after letting the backends settle.
+async fn database_counts(pool: &PgPool, database: &str) -> anyhow::Result<(i64, Option<i64>)> {
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(pool)
+        .await?;
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = $1",
+    )
+    .bind(database)
+    .fetch_one(pool)
+    .await?;
+    let statements: Option<i64> = sqlx::query_scalar(
+        "SELECT sum(s.calls)::bigint FROM pg_stat_statements s \
+         JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = $1",
+    )
+    .bind(database)
+    .fetch_one(pool)
+    .await
+    .ok()
+    .flatten();
+    Ok((transactions, statements))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a rank within the slice"
+    )]
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
 }
 
 async fn post(http: &reqwest::Client, url: String, body: Value) -> anyhow::Result<Value> {
@@ -138,123 +274,135 @@ async fn post(http: &reqwest::Client, url: String, body: Value) -> anyhow::Resul
     Ok(body)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {}", args.token)
-            .parse()
-            .context("the token is not a valid header value")?,
-    );
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency * 2)
-        .timeout(Duration::from_secs(30))
-        .default_headers(headers)
-        .build()?;
-    let base = args.base_url.trim_end_matches('/').to_owned();
-    http.put(format!("{base}/v1/rewards/budget"))
-        .json(&json!({"remaining_points": null}))
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .context("the platform does not answer; start it with ./dev.sh up")?;
+/// The platform's client and base address.
+struct Platform {
+    http: reqwest::Client,
+    base: String,
+}
 
-    eprintln!("creating {} missions ...", args.sagas);
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let missions: Vec<String> = futures::stream::iter(0..args.sagas)
-        .map(|i| {
-            let http = http.clone();
-            let base = base.clone();
-            let customer = format!("bench-{}-{i}", &run[..8]);
-            async move {
-                let link = http
-                    .put(format!("{base}/v1/telegram/chats/{customer}"))
-                    .json(&json!({"chat_id": 100_000 + i}))
-                    .send()
+impl Platform {
+    /// Makes `count` missions (each with a customer of its own and a linked Telegram chat).
+    async fn missions(&self, label: &str, count: usize) -> anyhow::Result<Vec<String>> {
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        futures::stream::iter(0..count)
+            .map(|i| {
+                let customer = format!("bench-{}-{label}-{i}", &run[..8]);
+                async move {
+                    let link = self
+                        .http
+                        .put(format!("{}/v1/telegram/chats/{customer}", self.base))
+                        .json(&json!({"chat_id": 100_000 + i}))
+                        .send()
+                        .await?;
+                    if !link.status().is_success() {
+                        bail!("linking a chat: {}", link.status());
+                    }
+                    let mission = post(
+                        &self.http,
+                        format!("{}/v1/missions", self.base),
+                        json!({"customer_id": customer, "title": format!("Bench mission {i}"), "reward_points": 10}),
+                    )
                     .await?;
-                if !link.status().is_success() {
-                    bail!("linking a chat: {}", link.status());
+                    mission["id"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .context("mission without id")
                 }
-                let mission = post(
-                    &http,
-                    format!("{base}/v1/missions"),
-                    json!({"customer_id": customer, "title": format!("Bench mission {i}"), "reward_points": 10}),
-                )
-                .await?;
-                mission["id"].as_str().map(str::to_owned).context("mission without id")
-            }
-        })
-        .buffered(args.concurrency.max(1))
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
-
-    let finishes: Finishes = Arc::new(Mutex::new(HashMap::new()));
-    let mut options = async_nats::ConnectOptions::new();
-    if let (Some(user), Some(password)) = (&args.nats_user, &args.nats_password) {
-        options = options.user_and_password(user.clone(), password.clone());
+            })
+            .buffered(16)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
     }
-    let nats = options.connect(&args.nats_url).await.context("NATS")?;
-    let subject = contracts::Topology::new(&args.nats_prefix).event_subject("saga", "SagaFinished");
-    let mut events = nats.subscribe(subject).await?;
-    nats.flush().await?;
-    let listener = {
-        let finishes = finishes.clone();
-        tokio::spawn(async move {
-            while let Some(message) = events.next().await {
-                let at = Instant::now();
-                let Ok(event) = serde_json::from_slice::<Value>(&message.payload) else {
-                    continue;
-                };
-                if let (Some(id), Some(state)) =
-                    (event["saga_id"].as_str(), event["event"]["state"].as_str())
-                {
-                    record(&finishes, id.to_owned(), at, state.to_owned());
-                }
-            }
-        })
-    };
 
-    eprintln!(
-        "running {} sagas at concurrency {} ...",
-        args.sagas, args.concurrency
-    );
-    let cpu_before: Vec<f64> = PROCESSES
-        .iter()
-        .map(|(_, name)| cpu_seconds(name))
-        .collect();
-    let started = Instant::now();
-    let results: Vec<anyhow::Result<(Duration, String)>> = futures::stream::iter(missions)
-        .map(|mission_id| {
-            let http = http.clone();
-            let base = base.clone();
-            let finishes = finishes.clone();
-            async move {
-                let begun = Instant::now();
-                let saga = post(
-                    &http,
-                    format!("{base}/v1/sagas"),
-                    json!({"type": "mission_reward", "input": {"mission_id": mission_id}}),
-                )
-                .await?;
-                let id = saga["id"].as_str().context("saga without id")?;
-                let (at, state) = await_finish(&finishes, id).await?;
-                Ok((at.duration_since(begun), state))
+    /// Runs one saga and waits for its end: `Prefer: wait=30` on the start, then (if it was
+    /// still running) a long poll.
+    async fn run_saga(&self, mission_id: String) -> anyhow::Result<(Duration, String)> {
+        let begun = Instant::now();
+        let response = self
+            .http
+            .post(format!("{}/v1/sagas", self.base))
+            .header("prefer", "wait=30")
+            .json(&json!({"type": "mission_reward", "input": {"mission_id": mission_id}}))
+            .send()
+            .await?;
+        let status = response.status();
+        let mut saga: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("POST /v1/sagas: {status} {saga}");
+        }
+        let terminal = |saga: &Value| {
+            matches!(
+                saga["state"].as_str(),
+                Some("completed" | "compensated" | "failed" | "cancelled")
+            )
+        };
+        let deadline = begun + Duration::from_secs(120);
+        while !terminal(&saga) {
+            if Instant::now() > deadline {
+                bail!("saga {} did not end within 120 s", saga["id"]);
             }
-        })
-        .buffer_unordered(args.concurrency.max(1))
-        .collect()
-        .await;
-    let elapsed = started.elapsed();
-    let cpu_after: Vec<f64> = PROCESSES
-        .iter()
-        .map(|(_, name)| cpu_seconds(name))
-        .collect();
-    listener.abort();
+            let id = saga["id"].as_str().context("saga without id")?.to_owned();
+            saga = self
+                .http
+                .get(format!("{}/v1/sagas/{id}?wait=30s", self.base))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+        }
+        Ok((
+            begun.elapsed(),
+            saga["state"].as_str().unwrap_or_default().to_owned(),
+        ))
+    }
+
+    /// Runs the sagas of `missions` at `concurrency`.
+    async fn run(
+        &self,
+        missions: Vec<String>,
+        concurrency: usize,
+    ) -> (Duration, Vec<anyhow::Result<(Duration, String)>>) {
+        let started = Instant::now();
+        let results = futures::stream::iter(missions)
+            .map(|mission| self.run_saga(mission))
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+        (started.elapsed(), results)
+    }
+}
+
+/// How long PostgreSQL's statistics take to include every backend's counts.
+const STATS_SETTLE: Duration = Duration::from_secs(11);
+
+async fn measure(
+    platform: &Platform,
+    processes: &Processes<'_>,
+    args: &Args,
+    label: &str,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<Phase> {
+    eprintln!("== {label}: {count} sagas at concurrency {concurrency}");
+    let missions = platform.missions(label, count).await?;
+    tokio::time::sleep(STATS_SETTLE).await;
+    wait_quiet(args.quiet_busy).await;
+    // The idle rate (timer sweeps, relays), to take out of the settling time after the phase.
+    let idle_from = Instant::now();
+    let idle_start = database_counts(processes.postgres, processes.database).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_end = database_counts(processes.postgres, processes.database).await?;
+    let idle_seconds = idle_from.elapsed().as_secs_f64();
+    let cpu_before = processes.snapshot().await?;
+    let (elapsed, results) = platform.run(missions, concurrency).await;
+    let cpu_after = processes.snapshot().await?;
+    let settle_from = Instant::now();
+    tokio::time::sleep(STATS_SETTLE).await;
+    let end = database_counts(processes.postgres, processes.database).await?;
+    let settle_seconds = settle_from.elapsed().as_secs_f64();
 
     let mut latencies = Vec::new();
     let mut outcomes: HashMap<String, usize> = HashMap::new();
@@ -270,41 +418,350 @@ async fn main() -> anyhow::Result<()> {
             Err(error) => {
                 errors += 1;
                 if errors <= 3 {
-                    eprintln!("error: {error:#}");
+                    eprintln!("   error: {error:#}");
                 }
             }
         }
     }
+    outcomes.remove("completed");
+    if !outcomes.is_empty() {
+        eprintln!("   not completed: {outcomes:?}");
+    }
     latencies.sort();
-    let completed = latencies.len();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let per_saga = |i: usize| (cpu_after[i] - cpu_before[i]) * 1000.0 / completed.max(1) as f64;
+    let ok = latencies.len();
+    let per_saga = |x: f64| x / ok.max(1) as f64;
+    let idle_rate = |a: i64, b: i64| (b - a) as f64 / idle_seconds;
+    let transactions = per_saga(
+        (end.0 - idle_end.0) as f64 - idle_rate(idle_start.0, idle_end.0) * settle_seconds,
+    );
+    let statements = match (idle_start.1, idle_end.1, end.1) {
+        (Some(a), Some(b), Some(c)) => {
+            Some(per_saga((c - b) as f64 - idle_rate(a, b) * settle_seconds))
+        }
+        _ => None,
+    };
+    let phase = Phase {
+        ok,
+        errors,
+        sagas_per_s: ok as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(&latencies, 50.0),
+        p90_ms: percentile(&latencies, 90.0),
+        p99_ms: percentile(&latencies, 99.0),
+        cpu: cpu_between(&cpu_before, &cpu_after)
+            .into_iter()
+            .map(|(group, ms)| (group, per_saga(ms)))
+            .collect(),
+        transactions: Some(transactions),
+        statements,
+    };
     println!(
-        "sagas={} concurrency={} completed={} other={:?} errors={} elapsed={:.2}s throughput={:.1} sagas/s p50={:.2} ms p99={:.2} ms",
+        "{label}: sagas={count} concurrency={concurrency} completed={ok} errors={errors} elapsed={:.2}s throughput={:.1} sagas/s p50={:.2} ms p90={:.2} ms p99={:.2} ms",
+        elapsed.as_secs_f64(),
+        phase.sagas_per_s,
+        phase.p50_ms,
+        phase.p90_ms,
+        phase.p99_ms
+    );
+    println!(
+        "{label}: cpu ms/saga: {} total={:.3} (client not counted); transactions/saga={:.1} statements/saga={}",
+        phase
+            .cpu
+            .iter()
+            .map(|(group, ms)| format!("{group}={ms:.3}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        phase.cpu_total(),
+        transactions,
+        statements.map_or_else(
+            || "n/a (pg_stat_statements not loaded)".to_owned(),
+            |s| format!("{s:.1}")
+        ),
+    );
+    Ok(phase)
+}
+
+/// Runs the Restate peer's script with the same sizes and reads its phases.
+fn run_restate(script: &PathBuf, args: &Args) -> anyhow::Result<(Phase, Phase)> {
+    eprintln!("== the Restate peer: {}", script.display());
+    let output = std::process::Command::new("bash")
+        .arg(script)
+        .env("N", args.sagas.to_string())
+        .env("C", args.concurrency.to_string())
+        .env("N1", args.latency_sagas.to_string())
+        .env("WARMUP", args.warmup.to_string())
+        .env("QUIET_BUSY", args.quiet_busy.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    if !output.status.success() {
+        bail!("{} failed: {}", script.display(), output.status);
+    }
+    let mut phases: HashMap<String, Phase> = HashMap::new();
+    let mut last = None;
+    for line in stdout.lines() {
+        if let Some(result) = line.strip_prefix("RESULT ") {
+            let result: Value = serde_json::from_str(result).context("a RESULT line")?;
+            let label = result["label"].as_str().unwrap_or_default().to_owned();
+            let number = |key: &str| result[key].as_f64().unwrap_or(0.0);
+            phases.insert(
+                label.clone(),
+                Phase {
+                    ok: result["ok"].as_u64().unwrap_or(0).try_into().unwrap_or(0),
+                    errors: result["errors"]
+                        .as_u64()
+                        .unwrap_or(0)
+                        .try_into()
+                        .unwrap_or(0),
+                    sagas_per_s: number("sagas_per_s"),
+                    p50_ms: number("p50_ms"),
+                    p90_ms: number("p90_ms"),
+                    p99_ms: number("p99_ms"),
+                    ..Phase::default()
+                },
+            );
+            last = Some(label);
+        } else if let Some(cpu) = line.trim().strip_prefix("cpu ms/saga:") {
+            let Some(phase) = last.as_ref().and_then(|label| phases.get_mut(label)) else {
+                continue;
+            };
+            // `name=value` pairs, where a name may hold spaces
+            // (`postgres(our backends+bg procs)=1.305`).
+            let mut name = String::new();
+            phase.cpu.clear();
+            for token in cpu.split_whitespace() {
+                match token.split_once('=') {
+                    Some((last, value)) => {
+                        name.push_str(last);
+                        if let Ok(value) = value.parse() {
+                            phase.cpu.push((std::mem::take(&mut name), value));
+                        }
+                        name.clear();
+                    }
+                    None => {
+                        name.push_str(token);
+                        name.push(' ');
+                    }
+                }
+            }
+        }
+    }
+    let mut take = |label: &str| {
+        phases
+            .remove(label)
+            .with_context(|| format!("the peer printed no {label} result"))
+    };
+    Ok((take("throughput")?, take("latency")?))
+}
+
+fn ratio(ours: f64, theirs: f64) -> String {
+    if theirs > 0.0 {
+        format!("{:.2}×", ours / theirs)
+    } else {
+        "n/a".to_owned()
+    }
+}
+
+fn side_by_side(args: &Args, ours: (&Phase, &Phase), restate: (&Phase, &Phase)) -> Table {
+    let mut table = Table::new();
+    table
+        .load_style(presets::UTF8_FULL_CONDENSED)
+        .set_header(vec![
+            "",
+            "reward saga platform",
+            "Restate",
+            "ours / Restate",
+        ]);
+    let mut row = |what: String, a: f64, b: f64, unit: &str| {
+        table.add_row(vec![
+            Cell::new(what),
+            Cell::new(format!("{a:.1}{unit}")).set_alignment(CellAlignment::Right),
+            Cell::new(format!("{b:.1}{unit}")).set_alignment(CellAlignment::Right),
+            Cell::new(ratio(a, b)).set_alignment(CellAlignment::Right),
+        ]);
+    };
+    let c = args.concurrency;
+    row(
+        format!("sagas/s at c={c}"),
+        ours.0.sagas_per_s,
+        restate.0.sagas_per_s,
+        "",
+    );
+    row(
+        format!("p50 at c={c}"),
+        ours.0.p50_ms,
+        restate.0.p50_ms,
+        " ms",
+    );
+    row(
+        format!("p99 at c={c}"),
+        ours.0.p99_ms,
+        restate.0.p99_ms,
+        " ms",
+    );
+    row(
+        "p50 at c=1".to_owned(),
+        ours.1.p50_ms,
+        restate.1.p50_ms,
+        " ms",
+    );
+    row(
+        "p99 at c=1".to_owned(),
+        ours.1.p99_ms,
+        restate.1.p99_ms,
+        " ms",
+    );
+    row(
+        format!("CPU/saga at c={c}, all processes"),
+        ours.0.cpu_total(),
+        restate.0.cpu_total(),
+        " ms",
+    );
+    row(
+        "CPU/saga at c=1, all processes".to_owned(),
+        ours.1.cpu_total(),
+        restate.1.cpu_total(),
+        " ms",
+    );
+    let detail = |phase: &Phase| {
+        phase
+            .cpu
+            .iter()
+            .filter(|(name, _)| name != "client")
+            .map(|(name, ms)| format!("{name} {ms:.2}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    table.add_row(vec![
+        Cell::new(format!("  CPU/saga at c={c} by process (ms)")),
+        Cell::new(detail(ours.0)),
+        Cell::new(detail(restate.0)),
+        Cell::new(""),
+    ]);
+    let counts = |phase: &Phase| {
+        format!(
+            "{} tx, {} statements",
+            phase
+                .transactions
+                .map_or_else(|| "n/a".to_owned(), |t| format!("{t:.1}")),
+            phase
+                .statements
+                .map_or_else(|| "n/a".to_owned(), |s| format!("{s:.1}")),
+        )
+    };
+    table.add_row(vec![
+        Cell::new("PostgreSQL per saga at c=1"),
+        Cell::new(counts(ours.1)),
+        Cell::new("(its own log, not PostgreSQL)"),
+        Cell::new(""),
+    ]);
+    let done = |throughput: &Phase, latency: &Phase| {
+        format!(
+            "{} + {} ({} errors)",
+            throughput.ok,
+            latency.ok,
+            throughput.errors + latency.errors
+        )
+    };
+    table.add_row(vec![
+        Cell::new(format!("sagas completed (c={c} + c=1)")),
+        Cell::new(done(ours.0, ours.1)),
+        Cell::new(done(restate.0, restate.1)),
+        Cell::new(""),
+    ]);
+    table.add_row(vec![
+        Cell::new("steps per saga"),
+        Cell::new("6 (mission, reward, wallet, telegram, mission, message)"),
+        Cell::new("5"),
+        Cell::new(""),
+    ]);
+    table
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", args.token)
+            .parse()
+            .context("the token is not a valid header value")?,
+    );
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency * 2)
+        .timeout(Duration::from_secs(60))
+        .default_headers(headers)
+        .build()?;
+    let platform = Platform {
+        http,
+        base: args.base_url.trim_end_matches('/').to_owned(),
+    };
+    platform
+        .http
+        .put(format!("{}/v1/rewards/budget", platform.base))
+        .json(&json!({"remaining_points": null}))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .context("the platform does not answer; start it with ./dev.sh up")?;
+    let postgres = PgPool::connect(&args.admin_url)
+        .await
+        .context("PostgreSQL (--admin-url)")?;
+    let nats = match &args.nats_pid_file {
+        Some(file) => vec![
+            std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?
+                .trim()
+                .parse()
+                .context("the nats-server PID file")?,
+        ],
+        None => pids_named("nats-server"),
+    };
+    let processes = Processes {
+        postgres: &postgres,
+        database: &args.database,
+        nats,
+    };
+
+    eprintln!("== warm-up: {} sagas at concurrency 10", args.warmup);
+    let warmup = platform.missions("warmup", args.warmup).await?;
+    let (_, results) = platform.run(warmup, 10).await;
+    if let Some(Err(error)) = results.into_iter().find(Result::is_err) {
+        bail!("the warm-up failed: {error:#}");
+    }
+    let throughput = measure(
+        &platform,
+        &processes,
+        &args,
+        "throughput",
         args.sagas,
         args.concurrency,
-        completed,
-        outcomes
-            .iter()
-            .filter(|(s, _)| s.as_str() != "completed")
-            .collect::<Vec<_>>(),
-        errors,
-        elapsed.as_secs_f64(),
-        completed as f64 / elapsed.as_secs_f64(),
-        ms(percentile(&latencies, 50.0)),
-        ms(percentile(&latencies, 99.0)),
-    );
-    let platform_total: f64 = (0..3).map(per_saga).sum();
-    println!(
-        "cpu per saga: platform={:.3} ms nats-server={:.3} ms postgres={:.3} ms total={:.3} ms (bench client {:.3} ms, not counted)",
-        per_saga(0),
-        per_saga(1),
-        per_saga(2),
-        platform_total,
-        per_saga(3),
-    );
-    if errors > 0 {
-        bail!("{errors} sagas failed to run");
+    )
+    .await?;
+    let latency = measure(
+        &platform,
+        &processes,
+        &args,
+        "latency",
+        args.latency_sagas,
+        1,
+    )
+    .await?;
+    let failed = throughput.errors + latency.errors;
+
+    if let Some(script) = &args.vs_restate {
+        let restate = run_restate(script, &args)?;
+        println!();
+        println!(
+            "{}",
+            side_by_side(&args, (&throughput, &latency), (&restate.0, &restate.1))
+        );
+    }
+    if failed > 0 {
+        bail!("{failed} sagas failed to run");
     }
     Ok(())
 }

@@ -163,7 +163,17 @@ impl<H: Handler> CommandLoop<H> {
         match self.process(&mut batch).await {
             Ok(()) => self.publish_answers(&mut batch).await,
             Err(error) => {
-                tracing::warn!(%error, "command batch failed; redelivering");
+                let duplicate = error
+                    .as_database_error()
+                    .and_then(|e| e.constraint())
+                    .is_some_and(|c| c == "inbox_pkey");
+                if duplicate {
+                    tracing::debug!(
+                        "a copy of an answered command among first deliveries; redelivering the batch, which then reads the inbox"
+                    );
+                } else {
+                    tracing::warn!(%error, "command batch failed; redelivering");
+                }
                 for p in batch.iter_mut().filter(|p| p.verdict == Verdict::Ack) {
                     p.verdict = Verdict::RetryLater(error.to_string());
                 }
@@ -237,7 +247,22 @@ impl<H: Handler> CommandLoop<H> {
             .iter()
             .filter_map(|p| p.command.as_ref().map(|c| c.message_id))
             .collect();
-        let seen = inbox::stored_answers(&self.pool, &ids).await?;
+        // A command delivered for the first time is almost never a duplicate: its batch skips
+        // the inbox read, and a duplicate among them (a copy re-sent by a step timeout) fails
+        // the transaction on the inbox key, so the batch is delivered again and read then. A
+        // batch that calls another service reads first: a call must not be made twice.
+        let redelivered = batch
+            .iter()
+            .any(|p| p.message.info().map_or(true, |info| info.delivered > 1));
+        let calls = batch
+            .iter()
+            .filter_map(|p| p.command.as_ref())
+            .any(|c| self.handler.mode(&c.body) == Mode::Calls);
+        let seen = if redelivered || calls {
+            inbox::stored_answers(&self.pool, &ids).await?
+        } else {
+            HashMap::new()
+        };
         let called = self.call_out(batch, &seen).await;
         if !self.transact(batch, &seen, &called, false).await? {
             self.transact(batch, &seen, &called, true).await?;
