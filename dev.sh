@@ -4,7 +4,7 @@
 #                      start the whole platform in the background; prints where it listens
 #   ./dev.sh test      make sure PostgreSQL and NATS run, then run the whole test suite
 #   ./dev.sh down      stop the platform started by `up`
-#   ./dev.sh bench [N] [C] [--vs-restate]   the benchmark against the running platform (and the Restate peer)
+#   ./dev.sh bench [N] [C] [--vs-restate] [--seed S]   the benchmark against the running platform (and the Restate peer)
 #   ./dev.sh demo breaker [...]  the seed's circuit-breaking demonstration (siege, against `up`)
 #   ./dev.sh demo cluster [...]  3-node JetStream cluster, a node SIGKILLed mid-load: lost=0 duplicates=0
 #   ./dev.sh demo zero-downtime [...]  rolling restart behind nginx under siege -c2: availability=100.00%
@@ -291,21 +291,24 @@ ensure_statement_stats() {
   psql "$ADMIN_URL" -qc 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' >/dev/null 2>&1 || true
 }
 
-# ./dev.sh bench [N] [C] [--vs-restate]: warm-up, N sagas at concurrency C, then 200 one at a
-# time; with --vs-restate the Restate peer (../shared/peers/restate/run.sh) after it, same sizes.
+# ./dev.sh bench [N] [C] [--vs-restate] [--seed S]: warm-up, N sagas at concurrency C, then 200
+# one at a time; with --vs-restate the Restate peer (../shared/peers/restate/run.sh) after it,
+# same sizes; with --seed S, S more finished sagas stored first.
 bench() {
   ensure_toolchain
   ensure_postgres
   local sizes=() extra=()
-  for arg in "$@"; do
-    case "$arg" in
+  while [ $# -gt 0 ]; do
+    case "$1" in
       --vs-restate)
         local peer="${SAGA_RESTATE_PEER:-$PWD/../shared/peers/restate/run.sh}"
         [ -f "$peer" ] || { echo "the Restate peer is not at $peer (set SAGA_RESTATE_PEER)" >&2; exit 1; }
         command -v node >/dev/null || apt_install nodejs npm
         extra+=(--vs-restate "$peer") ;;
-      *) sizes+=("$arg") ;;
+      --seed) extra+=(--seed-finished "${2:?--seed needs a count}"); shift ;;
+      *) sizes+=("$1") ;;
     esac
+    shift
   done
   [ -f "$RUN_DIR/platform.pid" ] && kill -0 "$(cat "$RUN_DIR/platform.pid")" 2>/dev/null \
     || { echo "the platform is not running: ./dev.sh up first" >&2; exit 1; }

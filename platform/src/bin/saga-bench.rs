@@ -68,6 +68,11 @@ struct Args {
     /// The Restate peer's script: run it after ours with the same sizes and print both.
     #[arg(long)]
     vs_restate: Option<PathBuf>,
+    /// Before measuring, store this many more finished sagas (copies of the newest completed
+    /// one, with its steps and history, each under new ids and keys), to measure throughput
+    /// with a large store.
+    #[arg(long, default_value_t = 0)]
+    seed_finished: u64,
     /// The machine counts as quiet below this share of busy CPU (percent) over 2 s.
     #[arg(long, default_value_t = 25)]
     quiet_busy: u64,
@@ -480,6 +485,64 @@ async fn measure(
     Ok(phase)
 }
 
+/// Stores `count` more finished sagas in the platform's database, copies of the newest
+/// completed `mission_reward` saga (its row, steps and history) under new ids and search keys,
+/// dated before it, 50,000 per statement. Returns how many sagas the store holds then.
+async fn seed_finished(admin_url: &str, database: &str, count: u64) -> anyhow::Result<i64> {
+    use std::str::FromStr as _;
+    let options = sqlx::postgres::PgConnectOptions::from_str(admin_url)?.database(database);
+    let pool = PgPool::connect_with(options).await?;
+    let started = Instant::now();
+    let mut done = 0;
+    while done < count {
+        let chunk = (count - done).min(50_000);
+        sqlx::query(
+            "WITH template AS (SELECT * FROM orchestrator.sagas \
+                 WHERE state = 'completed' AND saga_type = 'mission_reward' \
+                 ORDER BY updated_at DESC LIMIT 1), \
+             ids AS (SELECT gen_random_uuid() AS id, gen_random_uuid() AS mission, g \
+                 FROM generate_series(1, $1::int) g), \
+             sagas AS (INSERT INTO orchestrator.sagas (id, saga_type, definition_version, state, \
+                     input, context, version, created_at, updated_at, search_keys) \
+                 SELECT i.id, t.saga_type, t.definition_version, t.state, \
+                     jsonb_build_object('mission_id', i.mission), t.context, t.version, \
+                     t.created_at - make_interval(secs => i.g + $2), \
+                     t.updated_at - make_interval(secs => i.g + $2), \
+                     t.search_keys || jsonb_build_object('mission_id', i.mission::text, \
+                         'customer_id', 'seeded-' || (i.g + $2)) \
+                 FROM ids i, template t), \
+             steps AS (INSERT INTO orchestrator.saga_steps \
+                 SELECT i.id, st.step_index, st.name, st.state, st.attempts, st.started_at, \
+                     st.finished_at, st.last_error, st.retry_base \
+                 FROM ids i, orchestrator.saga_steps st \
+                 WHERE st.saga_id = (SELECT id FROM template)) \
+             INSERT INTO orchestrator.saga_history (saga_id, at, kind, step, phase, attempt, \
+                 outcome, error, actor, action, input) \
+             SELECT i.id, h.at, h.kind, h.step, h.phase, h.attempt, h.outcome, h.error, \
+                 h.actor, h.action, h.input \
+             FROM ids i, orchestrator.saga_history h WHERE h.saga_id = (SELECT id FROM template)",
+        )
+        .bind(i32::try_from(chunk).unwrap_or(i32::MAX))
+        .bind(i64::try_from(done).unwrap_or(i64::MAX) as f64)
+        .execute(&pool)
+        .await
+        .context("seeding finished sagas (run a saga first: the newest completed one is copied)")?;
+        done += chunk;
+        eprintln!(
+            "   seeded {done} of {count} finished sagas ({:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    sqlx::query("ANALYZE orchestrator.sagas, orchestrator.saga_steps, orchestrator.saga_history")
+        .execute(&pool)
+        .await?;
+    let stored = sqlx::query_scalar("SELECT count(*) FROM orchestrator.sagas")
+        .fetch_one(&pool)
+        .await?;
+    pool.close().await;
+    Ok(stored)
+}
+
 /// Runs the Restate peer's script with the same sizes and reads its phases.
 fn run_restate(script: &PathBuf, args: &Args) -> anyhow::Result<(Phase, Phase)> {
     eprintln!("== the Restate peer: {}", script.display());
@@ -727,6 +790,13 @@ async fn main() -> anyhow::Result<()> {
     };
 
     eprintln!("== warm-up: {} sagas at concurrency 10", args.warmup);
+    if args.seed_finished > 0 {
+        let warmup = platform.missions("seed", 1).await?;
+        let _ = platform.run(warmup, 1).await;
+        eprintln!("== seeding {} finished sagas", args.seed_finished);
+        let stored = seed_finished(&args.admin_url, &args.database, args.seed_finished).await?;
+        println!("seeded: the store holds {stored} sagas");
+    }
     let warmup = platform.missions("warmup", args.warmup).await?;
     let (_, results) = platform.run(warmup, 10).await;
     if let Some(Err(error)) = results.into_iter().find(Result::is_err) {
