@@ -153,7 +153,10 @@ fn describe() {
         EVENTS_SKIPPED,
         "Domain events a reader skipped (unknown type or version), by consumer and event_type"
     );
-    describe_counter!(EVENTS_APPLIED, "Domain events a reader applied, by consumer");
+    describe_counter!(
+        EVENTS_APPLIED,
+        "Domain events a reader applied, by consumer"
+    );
 }
 
 /// `GET /metrics` in the Prometheus text format.

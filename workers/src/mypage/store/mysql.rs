@@ -436,7 +436,11 @@ pub(super) async fn load(
         // index point reads, not a range over the whole generation.
         q.push_bind(generation).push(" AND kind IN (");
         let mut kinds = q.separated(", ");
-        for kind in keys.iter().map(|k| k.kind.as_str()).collect::<BTreeSet<_>>() {
+        for kind in keys
+            .iter()
+            .map(|k| k.kind.as_str())
+            .collect::<BTreeSet<_>>()
+        {
             kinds.push_bind(kind);
         }
         q.push(") AND item_id IN (");
