@@ -178,8 +178,8 @@ async fn after_a_kill_9_of_the_whole_platform_every_saga_in_flight_ends_within_s
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let log = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../../target/recovery-{}.log", &id[..8]));
+    // Beside the binary, wherever the target directory is (CARGO_TARGET_DIR included).
+    let log = platform_binary()?.with_file_name(format!("recovery-{}.log", &id[..8]));
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,

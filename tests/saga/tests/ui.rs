@@ -25,6 +25,16 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// `name` in the target directory (`CARGO_TARGET_DIR` when set), where screenshots go.
+fn target_file(name: &str) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+            PathBuf::from,
+        )
+        .join(name)
+}
+
 fn position(haystack: &str, needle: &str) -> usize {
     haystack
         .find(needle)
@@ -158,7 +168,7 @@ async fn the_list_counts_pages_and_follows_sagas_and_the_dead_letter_page_replay
     );
     assert_eq!(count(&browser, "completed").await?, "2");
     std::fs::write(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/saga-list.png"),
+        target_file("saga-list.png"),
         browser.client.screenshot().await?,
     )?;
 
@@ -198,7 +208,7 @@ async fn the_list_counts_pages_and_follows_sagas_and_the_dead_letter_page_replay
         page.contains(&format!("/trace/{trace_id}")),
         "the trace link"
     );
-    let screenshot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/saga-page.png");
+    let screenshot = target_file("saga-page.png");
     std::fs::write(&screenshot, browser.client.screenshot().await?)?;
     assert!(
         std::fs::metadata(&screenshot)?.len() > 10_000,
@@ -241,7 +251,7 @@ async fn the_list_counts_pages_and_follows_sagas_and_the_dead_letter_page_replay
         .await?;
     let letters = browser.html().await?;
     std::fs::write(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/saga-dead-letters.png"),
+        target_file("saga-dead-letters.png"),
         browser.client.screenshot().await?,
     )?;
     assert!(
