@@ -38,7 +38,8 @@ if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)" != "$want" ]; the
 fi
 command -v psql >/dev/null || { echo "psql is needed (./dev.sh services installs PostgreSQL)" >&2; exit 1; }
 
-say "building target/debug/saga-platform"
+PLATFORM_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/saga-platform
+say "building $PLATFORM_BIN"
 cargo build --quiet -p saga-platform --bin saga-platform
 
 # --- the platform --------------------------------------------------------------------------------
@@ -86,7 +87,7 @@ say "starting saga-platform on $BASE (NATS prefix st$RUN_ID)"
   export SAGA_STAND_IN_ADDR="127.0.0.1:$STAND_IN_PORT"
   export SAGA_API_TOKENS="{\"tokens\": [{\"name\": \"schemathesis\", \"sha256\": \"$HASH\", \"scopes\": [\"admin\"]}]}"
   export RUST_LOG=${RUST_LOG:-warn}
-  exec target/debug/saga-platform
+  exec "$PLATFORM_BIN"
 ) >"$OUT/platform.log" 2>&1 &
 PLATFORM_PID=$!
 for _ in $(seq 1 600); do
