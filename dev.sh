@@ -304,6 +304,11 @@ bench() {
         local peer="${SAGA_RESTATE_PEER:-$PWD/../shared/peers/restate/run.sh}"
         [ -f "$peer" ] || { echo "the Restate peer is not at $peer (set SAGA_RESTATE_PEER)" >&2; exit 1; }
         command -v node >/dev/null || apt_install nodejs npm
+        # The peer's default ports lie in Linux's ephemeral range, where the platform's own
+        # connections can hold them: ports above it instead.
+        export INGRESS_PORT="${INGRESS_PORT:-61080}" ADMIN_PORT="${ADMIN_PORT:-61070}" \
+          FABRIC_PORT="${FABRIC_PORT:-61122}" SERVICE_PORT="${SERVICE_PORT:-61180}" \
+          FAKE_TG_PORT="${FAKE_TG_PORT:-61999}"
         extra+=(--vs-restate "$peer") ;;
       --seed) extra+=(--seed-finished "${2:?--seed needs a count}"); shift ;;
       *) sizes+=("$1") ;;
