@@ -264,7 +264,7 @@ impl Orchestrator {
         });
         if self.config.retain_finished_secs > 0 {
             tasks.spawn(crate::retention::run(
-                self.engine.store().pool().clone(),
+                self.engine.store().clone(),
                 Duration::from_secs(self.config.retain_finished_secs),
                 Duration::from_secs(self.config.retention_sweep_secs.max(1)),
                 1000,

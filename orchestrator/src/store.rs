@@ -318,6 +318,31 @@ impl Store {
         Ok(Ok(()))
     }
 
+    /// Deletes up to `batch` finished sagas (completed, compensated, cancelled) that last
+    /// changed more than `keep` ago, with their steps, compensations, timers and history, in
+    /// one statement that locks only their rows; returns how many went.
+    pub async fn delete_finished(&self, keep: Duration, batch: i64) -> Result<u64, StoreError> {
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH gone AS (DELETE FROM sagas WHERE id IN ( \
+                    SELECT id FROM sagas \
+                    WHERE state IN ('completed', 'compensated', 'cancelled') \
+                      AND updated_at < now() - make_interval(secs => $1) \
+                    ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id), \
+             steps AS (DELETE FROM saga_steps WHERE saga_id IN (SELECT id FROM gone)), \
+             compensations AS (DELETE FROM saga_compensations \
+                 WHERE saga_id IN (SELECT id FROM gone)), \
+             timers AS (DELETE FROM timers WHERE saga_id IN (SELECT id FROM gone)), \
+             history AS (DELETE FROM saga_history WHERE saga_id IN (SELECT id FROM gone)) \
+             SELECT count(*) FROM gone",
+        )
+        .bind(keep.as_secs_f64())
+        .bind(batch)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(deleted).unwrap_or(0))
+    }
+
     /// Locks the sagas of up to `limit` due timers, skipping sagas another transaction holds
     /// (a reply batch moving them, another replica's sweep); each timer with how late it is.
     /// Locking the saga, not the timer, keeps one lock order for every writer: saga first,
